@@ -1,0 +1,1 @@
+"""Multi-layer perceptrons on handwritten digits: Hydra configs, Optuna sweeps, MLflow runs."""

@@ -1,0 +1,158 @@
+"""Typed config schema, registered in Hydra's ConfigStore, and the checks on its values.
+
+The YAML files under conf/ extend these dataclasses, so an unknown key or a value of the
+wrong type fails when the config is composed; ``validate`` then checks ranges and names
+before any data is loaded. Defaults live in the YAML files, next to their comments.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from mlp.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SCHEDULES = ("onecycle", "cosine", "none")
+
+
+@dataclass
+class ModelConfig:
+    num_layers: int = MISSING
+    layer_size: int = MISSING
+    activation: str = MISSING
+    dropout: float = MISSING
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    lr: float = MISSING
+    weight_decay: float = MISSING
+    schedule: str = MISSING
+    warmup: float = MISSING
+
+
+@dataclass
+class AdamWConfig(OptimizerConfig):
+    beta1: float = MISSING
+    beta2: float = MISSING
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    momentum: float = MISSING
+    nesterov: bool = MISSING
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    val_size: int = MISSING
+    split_seed: int = MISSING
+    max_shift: int = MISSING
+
+
+@dataclass
+class MnistConfig(DataConfig):
+    root: str = MISSING
+
+
+@dataclass
+class SyntheticConfig(DataConfig):
+    num_train: int = MISSING
+    num_test: int = MISSING
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = MISSING
+    batch_size: int = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+    threads: int = MISSING
+    deterministic: bool = MISSING
+    progress: bool = MISSING
+
+
+@dataclass
+class TrackingConfig:
+    experiment: str = MISSING
+    uri: str | None = MISSING
+    dir: str = MISSING
+    log_model: bool = MISSING
+    run_name: str | None = MISSING
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    data: DataConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+def _project_root() -> str:
+    return str(PROJECT_ROOT)
+
+
+def register() -> None:
+    """Put the schemas in the ConfigStore; conf/ files name them in their defaults lists."""
+    OmegaConf.register_resolver("project_root", _project_root, replace=True)
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group, name, node in (
+        ("model", "mlp_schema", ModelConfig),
+        ("optimizer", "adamw_schema", AdamWConfig),
+        ("optimizer", "sgd_schema", SGDConfig),
+        ("data", "mnist_schema", MnistConfig),
+        ("data", "synthetic_schema", SyntheticConfig),
+        ("trainer", "trainer_schema", TrainerConfig),
+    ):
+        cs.store(group=group, name=name, node=node)
+
+
+register()
+
+
+def _check(cfg: DictConfig, key: str, ok: bool, accepted: str) -> None:
+    if not ok:
+        raise ConfigError(key, OmegaConf.select(cfg, key), accepted)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key whose value is out of range."""
+    from mlp.data import pool_size
+    from mlp.model import ACTIVATIONS
+
+    m, o, t, d = cfg.model, cfg.optimizer, cfg.trainer, cfg.data
+    _check(cfg, "model.num_layers", m.num_layers >= 1, "an integer >= 1")
+    _check(cfg, "model.layer_size", m.layer_size >= 1, "an integer >= 1")
+    _check(cfg, "model.activation", m.activation in ACTIVATIONS, "one of " + ", ".join(ACTIVATIONS))
+    _check(cfg, "model.dropout", 0 <= m.dropout < 1, "a probability in [0, 1)")
+    _check(cfg, "optimizer.lr", o.lr > 0, "a number > 0")
+    _check(cfg, "optimizer.weight_decay", o.weight_decay >= 0, "a number >= 0")
+    _check(cfg, "optimizer.schedule", o.schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES))
+    _check(cfg, "optimizer.warmup", 0 < o.warmup < 1, "a fraction in (0, 1)")
+    if "momentum" in o:
+        _check(cfg, "optimizer.momentum", 0 <= o.momentum < 1, "a number in [0, 1)")
+    _check(cfg, "trainer.epochs", t.epochs >= 1, "an integer >= 1")
+    _check(cfg, "trainer.batch_size", t.batch_size >= 1, "an integer >= 1")
+    _check(cfg, "trainer.threads", t.threads >= 0, "an integer >= 0 (0: one per core)")
+    _check(
+        cfg, "trainer.device", re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None,
+        "auto, cpu, cuda, cuda:N or mps",
+    )
+    kind = "synthetic" if "num_train" in d else "mnist"
+    _check(cfg, "data.name", d.name == kind, f"{kind!r} for this data group (choose another with data=...)")
+    pool = pool_size(d.name, d.get("num_train", 0))
+    if kind == "synthetic":
+        _check(cfg, "data.num_train", d.num_train >= 2, "an integer >= 2")
+        _check(cfg, "data.num_test", d.num_test >= 1, "an integer >= 1")
+    _check(cfg, "data.max_shift", 0 <= d.max_shift <= 8, "an integer from 0 (off) to 8 pixels")
+    _check(cfg, "data.val_size", 1 <= d.val_size < pool, f"an integer from 1 to {pool - 1} ({pool} training images)")

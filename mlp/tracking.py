@@ -1,0 +1,156 @@
+"""MLflow: where runs go, and what each run records (params, tags, metrics, artifacts)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib.metadata
+import logging
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+from matplotlib.figure import Figure
+from omegaconf import DictConfig, OmegaConf
+
+from mlp.config import PROJECT_ROOT
+from mlp.errors import UserError
+
+log = logging.getLogger(__name__)
+
+PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "hydra-core", "omegaconf", "optuna", "hydra-optuna-sweeper")
+
+
+def tracking_uri(tracking: DictConfig) -> str:
+    """``tracking.uri``, else $MLFLOW_TRACKING_URI, else SQLite in ``tracking.dir``."""
+    if tracking.uri:
+        return tracking.uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path(tracking.dir).resolve() / 'mlflow.db'}"
+
+
+def use_experiment(tracking: DictConfig) -> tuple[str, str]:
+    """Point MLflow at the configured store and experiment; return (uri, experiment id).
+
+    With the default SQLite store the experiment's artifacts go to ``<dir>/artifacts``, an
+    absolute path, so runs launched from any working directory land in one place.
+    """
+    uri = tracking_uri(tracking)
+    default_store = not tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI")
+    if default_store:
+        Path(tracking.dir).mkdir(parents=True, exist_ok=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations of a new DB
+    mlflow.set_tracking_uri(uri)
+    try:
+        experiment = mlflow.get_experiment_by_name(tracking.experiment)
+        if experiment is not None:
+            return uri, experiment.experiment_id
+        location = (Path(tracking.dir).resolve() / "artifacts").as_uri() if default_store else None
+        try:
+            return uri, mlflow.create_experiment(tracking.experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            # Another process (a parallel sweep trial) created it first.
+            return uri, mlflow.get_experiment_by_name(tracking.experiment).experiment_id
+    except mlflow.exceptions.MlflowException as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"MLflow tracking at {uri} is not usable: {first} (set tracking.uri or MLFLOW_TRACKING_URI)") from e
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"num_layers": 4}} -> {"model.num_layers": 4}."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _git_commit() -> tuple[str, bool] | None:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit.stdout.strip(), bool(status.stdout.strip())
+
+
+def run_tags(overrides: list[str], device: str, seed: int) -> dict[str, str]:
+    """What it takes to rebuild a run: overrides, code version, package versions, device, seed."""
+    tags = {
+        "hydra.overrides": " ".join(overrides),
+        "device": device,
+        "seed": str(seed),
+        "versions.python": platform.python_version(),
+    }
+    for name in PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            tags[f"versions.{name}"] = importlib.metadata.version(name)
+    if (git := _git_commit()) is not None:
+        tags["mlflow.source.git.commit"], dirty = git
+        tags["git.dirty"] = str(dirty).lower()
+    return tags
+
+
+@contextlib.contextmanager
+def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run holding the resolved config (as params and as config.yaml).
+
+    A run that raises ends FAILED (KILLED on Ctrl-C) with the reason in ``failure_reason``.
+    """
+    _, experiment_id = use_experiment(cfg.tracking)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        mlflow.log_params(flatten(resolved))
+        mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+        try:
+            yield run
+        except Exception as e:
+            mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}"[:5000])
+            raise
+
+
+def log_epoch(metrics: dict[str, float]) -> None:
+    mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
+
+
+def log_figure(fig: Figure, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    mlflow.log_figure(fig, path)
+    plt.close(fig)
+
+
+def log_table(rows: list[dict[str, Any]], path: str) -> None:
+    """A CSV artifact from a list of dicts with the same keys."""
+    header = list(rows[0])
+    lines = [",".join(header)] + [",".join(str(row[k]) for k in header) for row in rows]
+    mlflow.log_text("\n".join(lines) + "\n", path)
+
+
+def log_model(model: Any, example: np.ndarray) -> None:
+    """The model in MLflow's PyTorch flavour, saved as a torch.export graph (pt2): loading it
+    runs no pickled code. Requirements are given, not inferred (inference takes seconds)."""
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    mlflow.pytorch.log_model(
+        cpu_model,
+        name="model",
+        input_example=example,
+        serialization_format="pt2",
+        pip_requirements=[f"torch=={importlib.metadata.version('torch')}"],
+    )
+
+
+def ui_hint(uri: str, experiment_id: str, run_id: str) -> tuple[str, str]:
+    """(command that starts the MLflow UI on this store, link to the run in it)."""
+    command = "mlflow ui" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
+    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
+    return command, f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"

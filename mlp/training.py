@@ -1,0 +1,158 @@
+"""The training loop and evaluation: plain torch on tensors already on the device."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlp.errors import DivergedError
+
+EVAL_BATCH = 4096
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # batch -> transformed batch
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    acc: float
+    preds: torch.Tensor  # [N] predicted class
+    confidence: torch.Tensor  # [N] softmax probability of the predicted class
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, **extra: float) -> torch.optim.Optimizer:
+    """``extra``: beta1/beta2 for adamw, momentum/nesterov for sgd."""
+    # Fused kernels do the whole update in one pass: measurably faster on CPU and GPU.
+    if name == "adamw":
+        betas = (extra["beta1"], extra["beta2"])
+        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
+    if name == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=lr, weight_decay=weight_decay,
+            momentum=extra["momentum"], nesterov=bool(extra["nesterov"]), fused=True,
+        )
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup: float):
+    """A per-step learning-rate schedule whose peak is the optimizer's lr."""
+    if schedule == "onecycle":
+        peak = optimizer.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=warmup)
+    if schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    if schedule == "none":
+        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    raise ValueError(f"unknown schedule {schedule!r}")
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
+    model.eval()
+    logits = torch.cat([model(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
+    confidence, preds = logits.softmax(dim=1).max(dim=1)
+    return Evaluation(
+        loss=F.cross_entropy(logits, y).item(),
+        acc=(preds == y).float().mean().item(),
+        preds=preds,
+        confidence=confidence,
+    )
+
+
+def train_epoch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    batch_size: int,
+    generator: torch.Generator,
+    augment: Augment | None = None,
+    on_batch: Callable[[], None] | None = None,
+) -> tuple[float, float]:
+    """One pass over (x, y) in shuffled batches taken by index; returns (mean loss, accuracy)."""
+    model.train()
+    n = len(x)
+    order = torch.randperm(n, generator=generator).to(x.device)
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        xb, yb = x[idx], y[idx]
+        if augment is not None:
+            xb = augment(xb, generator)
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        # Accumulate on the device: no host sync per batch.
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.detach().argmax(dim=1) == yb).sum()
+        if on_batch is not None:
+            on_batch()
+    mean_loss = loss_sum.item() / n
+    if not math.isfinite(mean_loss):
+        raise DivergedError(f"training loss became {mean_loss} (non-finite): the run diverged; try a lower optimizer.lr")
+    return mean_loss, correct.item() / n
+
+
+def confusion_matrix(y: torch.Tensor, preds: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """[true, predicted] counts."""
+    flat = y.to(torch.long) * num_classes + preds.to(torch.long)
+    return torch.bincount(flat.cpu(), minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def per_class_metrics(cm: torch.Tensor) -> dict[str, list[float]]:
+    """Precision, recall and F1 of each class from a [true, predicted] confusion matrix."""
+    cm = cm.double()
+    hits = cm.diag()
+    precision = hits / cm.sum(dim=0).clamp(min=1)
+    recall = hits / cm.sum(dim=1).clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist()}
+
+
+def fit(
+    model: nn.Module,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    augment: Augment | None = None,
+    on_epoch: Callable[[dict[str, float]], None] = lambda metrics: None,
+    on_batch: Callable[[], None] | None = None,
+) -> list[dict[str, float]]:
+    """Train for ``epochs``; after each, call ``on_epoch`` with that epoch's metrics."""
+    history = []
+    for epoch in range(1, epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        train_loss, train_acc = train_epoch(
+            model, train_x, train_y, optimizer, schedule, batch_size, generator, augment, on_batch
+        )
+        seconds = time.perf_counter() - start
+        val = evaluate(model, val_x, val_y)
+        metrics = {
+            "epoch": epoch,
+            "train/loss": train_loss,
+            "train/acc": train_acc,
+            "val/loss": val.loss,
+            "val/acc": val.acc,
+            "lr": lr,
+            "epoch_seconds": seconds,
+        }
+        history.append(metrics)
+        on_epoch(metrics)
+    return history

@@ -1,0 +1,39 @@
+"""The real command line, in a subprocess, as a user runs it."""
+
+import re
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlp import data
+from tests.conftest import run_train
+
+
+@pytest.mark.slow
+def test_train_py_runs_logs_and_prints_the_summary(tmp_path: Path) -> None:
+    mlruns = tmp_path / "mlruns"
+    done = run_train("data=synthetic", "trainer.epochs=1", "tracking.log_model=false",
+                     f"tracking.dir={mlruns}", f"hydra.run.dir={tmp_path}/out", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run_id = re.search(r"MLflow run ([0-9a-f]{32})", done.stdout).group(1)
+    assert re.search(r"validation accuracy \d+\.\d\d%\s+test accuracy \d+\.\d\d%", done.stdout)
+    assert f"mlflow ui --backend-store-uri sqlite:///{mlruns}/mlflow.db" in done.stdout
+    assert f"runs/{run_id}?workflowType=machine_learning" in done.stdout
+    run = MlflowClient(f"sqlite:///{mlruns}/mlflow.db").get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["hydra.overrides"].startswith("data=synthetic trainer.epochs=1")
+    assert (mlruns / "artifacts").is_dir()  # artifacts beside the DB, not in the working directory
+    assert not (tmp_path / "mlruns" / "0").exists()
+
+
+@pytest.mark.slow
+def test_corrupt_data_file_is_one_line_and_kept(tmp_path: Path) -> None:
+    raw = data.raw_dir(tmp_path / "data")
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte").write_bytes(b"\0" * 1000)
+    done = run_train(f"data.root={tmp_path}/data", f"tracking.dir={tmp_path}/mlruns", f"hydra.run.dir={tmp_path}/out")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "train-images-idx3-ubyte is corrupt" in lines[0]
+    assert (raw / "train-images-idx3-ubyte").read_bytes() == b"\0" * 1000

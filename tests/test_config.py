@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from mlp.config import validate
+from mlp.errors import ConfigError, one_line
+from tests.conftest import ROOT, compose_cfg, run_train
+
+
+def group_options() -> list[str]:
+    return sorted(
+        f"{path.parent.name}={path.stem}"
+        for path in (ROOT / "conf").glob("*/*.yaml")
+        if path.parent.name in ("model", "optimizer", "data", "trainer")
+    )
+
+
+@pytest.mark.parametrize("option", group_options())
+def test_every_group_option_composes_and_validates(option: str) -> None:
+    cfg = compose_cfg([option])
+    validate(cfg)
+    group, name = option.split("=")
+    assert cfg[group]  # the group is present and non-empty
+
+
+def test_defaults_are_the_write_up() -> None:
+    cfg = compose_cfg([])
+    assert (cfg.model.num_layers, cfg.model.layer_size, cfg.model.activation) == (4, 512, "leaky_relu")
+    assert cfg.model.dropout == 0
+    assert (cfg.optimizer.name, cfg.optimizer.weight_decay) == ("adamw", 0.01)
+    assert cfg.trainer.epochs == 20
+    assert (cfg.data.name, cfg.data.val_size) == ("mnist", 10000)
+    assert Path(cfg.data.root).is_absolute() and Path(cfg.tracking.dir).is_absolute()
+
+
+BAD_VALUES = [
+    ("model.activation=swish", "model.activation", "leaky_relu"),
+    ("model.num_layers=0", "model.num_layers", ">= 1"),
+    ("optimizer.lr=-1", "optimizer.lr", "> 0"),
+    ("trainer.epochs=0", "trainer.epochs", ">= 1"),
+    ("data.val_size=60000", "data.val_size", "1 to 59999"),
+    ("optimizer.schedule=linear", "optimizer.schedule", "onecycle"),
+    ("model.dropout=1.5", "model.dropout", "[0, 1)"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "accepted"), BAD_VALUES)
+def test_bad_values_name_the_key_and_what_is_accepted(override: str, key: str, accepted: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate(compose_cfg([override]))
+    assert key in str(info.value) and accepted in str(info.value)
+
+
+def test_synthetic_val_size_is_checked_against_its_own_size() -> None:
+    with pytest.raises(ConfigError, match=r"data.val_size.*1 to 599"):
+        validate(compose_cfg(["data=synthetic", "data.val_size=600"]))
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("model.layers=3", "model.layers: Key 'layers' not in 'ModelConfig'"),
+        ("optimizer.momentum=0.9", "optimizer.momentum: Key 'momentum' not in 'AdamWConfig'"),
+        ("model.num_layers=four", "model.num_layers: Value 'four' of type 'str' could not be converted to Integer"),
+    ],
+)
+def test_unknown_keys_and_wrong_types_fail_at_composition(override: str, expected: str) -> None:
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg([override])
+    message = one_line(info.value)
+    assert message.startswith(expected)
+    assert "\n" not in message
+    if "not in" in expected:
+        assert "accepted keys:" in message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [(o, k) for o, k, _ in BAD_VALUES[:5]] + [("model.layers=3", "model.layers"), ("model=resnet", "model/resnet")],
+)
+def test_cli_reports_bad_input_in_one_line(override: str, key: str, tmp_path: Path) -> None:
+    done = run_train(override, f"tracking.dir={tmp_path}/mlruns", f"hydra.run.dir={tmp_path}/out")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: ") and key in lines[0]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not (tmp_path / "mlruns").exists()  # stopped before anything was logged

@@ -1,0 +1,134 @@
+"""One run through the compose API on tiny synthetic data, MLflow in a temporary SQLite file."""
+
+import mlflow
+import numpy as np
+import pytest
+from matplotlib.image import imread
+from mlflow.tracking import MlflowClient
+
+from mlp.errors import DivergedError
+from mlp.experiment import run
+from mlp.tracking import flatten, tracking_uri
+
+EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_seconds"]
+ARTIFACTS = {"config.yaml", "confusion_matrix.png", "confusion_matrix.csv", "learning_curves.png",
+             "misclassified.png", "per_class_metrics.csv"}
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory):
+    """One tiny run with model logging on; shared by the assertions below."""
+    from omegaconf import OmegaConf
+
+    from tests.conftest import TINY, compose_cfg
+
+    mlruns = tmp_path_factory.mktemp("store") / "mlruns"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = compose_cfg([*TINY, "trainer.epochs=3", f"tracking.dir={mlruns}"])
+        result = run(cfg)
+        client = MlflowClient(tracking_uri(cfg.tracking))
+        yield cfg, result, client, client.get_run(result.run_id), OmegaConf
+
+
+def test_run_returns_validation_accuracy_and_logs_it(logged) -> None:
+    cfg, result, client, mlrun, _ = logged
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.info.run_name == "mlp-4x512-leaky_relu"
+    assert result.val_acc == mlrun.data.metrics["val/acc"]
+    assert result.test_acc == mlrun.data.metrics["test/acc"]
+    assert 0.5 < result.val_acc <= 1.0  # the synthetic digits are learnable
+
+
+def test_every_epoch_metric_is_logged_with_step_epoch(logged) -> None:
+    cfg, result, client, mlrun, _ = logged
+    for key in EPOCH_METRICS:
+        history = client.get_metric_history(mlrun.info.run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3], key
+    losses = {m.step: m.value for m in client.get_metric_history(mlrun.info.run_id, "train/loss")}
+    assert losses[3] < losses[1]  # it learns
+
+
+def test_final_and_per_class_metrics(logged) -> None:
+    _, _, _, mlrun, _ = logged
+    metrics = mlrun.data.metrics
+    for key in ("test/loss", "test/acc"):
+        assert key in metrics
+    for kind in ("precision", "recall", "f1"):
+        values = [metrics[f"test/{kind}/{d}"] for d in range(10)]
+        assert all(0 <= v <= 1 for v in values)
+    # Recall averaged over equally sized classes is the accuracy (synthetic test labels are balanced).
+    assert np.mean([metrics[f"test/recall/{d}"] for d in range(10)]) == pytest.approx(metrics["test/acc"])
+
+
+def test_params_are_the_whole_resolved_config(logged) -> None:
+    cfg, _, _, mlrun, OmegaConf = logged
+    expected = {k: str(v) for k, v in flatten(OmegaConf.to_container(cfg, resolve=True)).items()}
+    assert mlrun.data.params == expected
+    assert "${" not in "".join(mlrun.data.params.values())  # interpolations resolved
+
+
+def test_tags_make_the_run_rebuildable(logged) -> None:
+    _, _, _, mlrun, _ = logged
+    tags = mlrun.data.tags
+    assert tags["device"] == "cpu" and tags["seed"] == "0"
+    assert "hydra.overrides" in tags
+    assert tags["versions.torch"] and tags["versions.mlflow"] and tags["versions.hydra-core"]
+    assert len(tags["mlflow.source.git.commit"]) == 40
+
+
+def test_artifacts_are_there_and_readable(logged, tmp_path) -> None:
+    _, _, client, mlrun, _ = logged
+    names = {a.path for a in client.list_artifacts(mlrun.info.run_id)}
+    assert ARTIFACTS <= names
+    for name in ("confusion_matrix.png", "learning_curves.png", "misclassified.png"):
+        image = imread(client.download_artifacts(mlrun.info.run_id, name, str(tmp_path)))
+        assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0.01  # a real picture
+    csv = np.loadtxt(client.download_artifacts(mlrun.info.run_id, "confusion_matrix.csv", str(tmp_path)),
+                     delimiter=",", skiprows=1)
+    assert csv.shape == (10, 11) and csv[:, 1:].sum() == 200  # every test image counted once
+    metrics = mlrun.data.metrics
+    assert np.trace(csv[:, 1:]) / 200 == pytest.approx(metrics["test/acc"])
+
+
+def test_model_is_logged_and_loads_without_pickle(logged) -> None:
+    cfg, _, client, mlrun, _ = logged
+    import torch
+
+    from mlp import data
+
+    models = mlflow.search_logged_models(experiment_ids=[mlrun.info.experiment_id], output_format="list")
+    model = [m for m in models if m.source_run_id == mlrun.info.run_id][0]
+    loaded = mlflow.pytorch.load_model(model.model_uri)
+    splits = data.load("synthetic", "", cfg.data.val_size, cfg.data.split_seed, "cpu",
+                       cfg.data.num_train, cfg.data.num_test)
+    preds = loaded(splits.test_x[:50]).argmax(dim=1)
+    assert (preds == splits.test_y[:50]).float().mean().item() == pytest.approx(
+        mlrun.data.metrics["test/acc"], abs=0.25
+    )
+    flavor = mlflow.models.get_model_info(model.model_uri).flavors["pytorch"]
+    assert flavor.get("serialization_format") == "pt2" or flavor.get("export_model") in (True, "true")
+    assert isinstance(loaded, torch.nn.Module)
+
+
+def test_same_config_and_seed_give_identical_metrics(tiny_cfg) -> None:
+    cfg = tiny_cfg("tracking.log_model=false", "model.dropout=0.2")
+    a, b = run(cfg), run(cfg)
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    for key in EPOCH_METRICS[:4]:
+        ha = [m.value for m in sorted(client.get_metric_history(a.run_id, key), key=lambda m: m.step)]
+        hb = [m.value for m in sorted(client.get_metric_history(b.run_id, key), key=lambda m: m.step)]
+        assert ha == hb, key
+    assert a.test_acc == b.test_acc
+    c = run(tiny_cfg("tracking.log_model=false", "model.dropout=0.2", "trainer.seed=1"))
+    assert c.metrics["train/loss"] != a.metrics["train/loss"]  # the seed matters
+
+
+def test_divergence_fails_the_run_in_mlflow(tiny_cfg) -> None:
+    cfg = tiny_cfg("optimizer=sgd", "optimizer.lr=1e30", "optimizer.schedule=none", "tracking.log_model=false")
+    with pytest.raises(DivergedError, match="non-finite"):
+        run(cfg)
+    client = MlflowClient(tracking_uri(cfg.tracking))
+    [failed] = client.search_runs([client.get_experiment_by_name(cfg.tracking.experiment).experiment_id])
+    assert failed.info.status == "FAILED"
+    assert "non-finite" in failed.data.tags["failure_reason"]
