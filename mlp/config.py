@@ -145,7 +145,9 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "trainer.batch_size", t.batch_size >= 1, "an integer >= 1")
     _check(cfg, "trainer.threads", t.threads >= 0, "an integer >= 0 (0: one per core)")
     _check(
-        cfg, "trainer.device", re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None,
+        cfg,
+        "trainer.device",
+        re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None,
         "auto, cpu, cuda, cuda:N or mps",
     )
     kind = "synthetic" if "num_train" in d else "mnist"

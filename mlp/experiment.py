@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 
 from mlp import config, data, plots, tracking, training
-from mlp.errors import ConfigError
+from mlp.errors import ConfigError, in_sweep
 from mlp.model import MLP, describe
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,6 @@ def _set_up_torch(trainer: DictConfig) -> torch.Generator:
     return torch.Generator().manual_seed(trainer.seed)
 
 
-def _in_sweep() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
 def _overrides() -> list[str]:
     from hydra.core.hydra_config import HydraConfig
 
@@ -91,8 +84,13 @@ def run(cfg: DictConfig) -> RunResult:
     device = pick_device(t.device)
     generator = _set_up_torch(t)
     splits = data.load(
-        d.name, str(d.get("root", "")), d.val_size, d.split_seed, str(device),
-        d.get("num_train", 0), d.get("num_test", 0),
+        d.name,
+        str(d.get("root", "")),
+        d.val_size,
+        d.split_seed,
+        str(device),
+        d.get("num_train", 0),
+        d.get("num_test", 0),
     )
     model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout).to(device)
     optimizer = training.make_optimizer(
@@ -103,15 +101,21 @@ def run(cfg: DictConfig) -> RunResult:
 
     augment = data.RandomShift(d.max_shift, device) if d.max_shift > 0 else None
 
-    in_sweep = _in_sweep()
-    epoch_level = logging.DEBUG if in_sweep else logging.INFO
+    sweeping = in_sweep()
+    epoch_level = logging.DEBUG if sweeping else logging.INFO
     name = cfg.tracking.run_name or describe(m.num_layers, m.layer_size, m.activation)
     tags = tracking.run_tags(_overrides(), str(device), t.seed)
-    log.info("%s on %s: %d train / %d val / %d test images", name, device,
-             len(splits.train_x), len(splits.val_x), len(splits.test_x))
+    log.info(
+        "%s on %s: %d train / %d val / %d test images",
+        name,
+        device,
+        len(splits.train_x),
+        len(splits.val_x),
+        len(splits.test_x),
+    )
 
     with tracking.start_run(cfg, name, tags) as active:
-        bar = _progress_bar(t.progress and not in_sweep, steps_per_epoch)
+        bar = _progress_bar(t.progress and not sweeping, steps_per_epoch)
 
         def on_epoch(metrics: dict[str, float]) -> None:
             tracking.log_epoch(metrics)
@@ -120,14 +124,31 @@ def run(cfg: DictConfig) -> RunResult:
             log.log(
                 epoch_level,
                 "epoch %2d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  lr %.2e  %.1fs",
-                metrics["epoch"], t.epochs, metrics["train/loss"], 100 * metrics["train/acc"],
-                metrics["val/loss"], 100 * metrics["val/acc"], metrics["lr"], metrics["epoch_seconds"],
+                metrics["epoch"],
+                t.epochs,
+                metrics["train/loss"],
+                100 * metrics["train/acc"],
+                metrics["val/loss"],
+                100 * metrics["val/acc"],
+                metrics["lr"],
+                metrics["epoch_seconds"],
             )
 
         try:
             history = training.fit(
-                model, splits.train_x, splits.train_y, splits.val_x, splits.val_y, optimizer, schedule,
-                t.epochs, t.batch_size, generator, augment, on_epoch, on_batch=bar.update if bar else None,
+                model,
+                splits.train_x,
+                splits.train_y,
+                splits.val_x,
+                splits.val_y,
+                optimizer,
+                schedule,
+                t.epochs,
+                t.batch_size,
+                generator,
+                augment,
+                on_epoch,
+                on_batch=bar.update if bar else None,
             )
         finally:
             if bar is not None:
@@ -152,7 +173,9 @@ def run(cfg: DictConfig) -> RunResult:
         tracking.log_figure(plots.confusion_matrix_figure(cm), "confusion_matrix.png")
         tracking.log_figure(plots.learning_curves_figure(history), "learning_curves.png")
         tracking.log_figure(
-            plots.misclassified_figure(splits.test_images, splits.test_y.cpu(), test.preds.cpu(), test.confidence.cpu()),
+            plots.misclassified_figure(
+                splits.test_images, splits.test_y.cpu(), test.preds.cpu(), test.confidence.cpu()
+            ),
             "misclassified.png",
         )
         if cfg.tracking.log_model:
@@ -162,6 +185,10 @@ def run(cfg: DictConfig) -> RunResult:
     last = history[-1]
     log.info("%s: val acc %.2f%%, test acc %.2f%%", name, 100 * last["val/acc"], 100 * test.acc)
     return RunResult(
-        val_acc=last["val/acc"], test_acc=test.acc, run_id=active.info.run_id,
-        experiment_id=active.info.experiment_id, tracking_uri=uri, metrics={**last, **final},
+        val_acc=last["val/acc"],
+        test_acc=test.acc,
+        run_id=active.info.run_id,
+        experiment_id=active.info.experiment_id,
+        tracking_uri=uri,
+        metrics={**last, **final},
     )

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import mlflow.pytorch
+import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the default store: load it with the other imports
 import numpy as np
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
@@ -59,7 +61,9 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
             return uri, mlflow.get_experiment_by_name(tracking.experiment).experiment_id
     except mlflow.exceptions.MlflowException as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"MLflow tracking at {uri} is not usable: {first} (set tracking.uri or MLFLOW_TRACKING_URI)") from e
+        raise UserError(
+            f"MLflow tracking at {uri} is not usable: {first} (set tracking.uri or MLFLOW_TRACKING_URI)"
+        ) from e
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -75,9 +79,16 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _git_commit() -> tuple[str, bool] | None:
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=PROJECT_ROOT,
-                                capture_output=True, text=True, check=True)
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+        )
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return commit.stdout.strip(), bool(status.stdout.strip())
@@ -107,7 +118,9 @@ def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], parent_run_i
     A run that raises ends FAILED (KILLED on Ctrl-C) with the reason in ``failure_reason``.
     """
     _, experiment_id = use_experiment(cfg.tracking)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id) as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id
+    ) as run:
         resolved = OmegaConf.to_container(cfg, resolve=True)
         mlflow.log_params(flatten(resolved))
         mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")

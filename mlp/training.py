@@ -25,7 +25,9 @@ class Evaluation:
     confidence: torch.Tensor  # [N] softmax probability of the predicted class
 
 
-def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, **extra: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module, name: str, lr: float, weight_decay: float, **extra: float
+) -> torch.optim.Optimizer:
     """``extra``: beta1/beta2 for adamw, momentum/nesterov for sgd."""
     # Fused kernels do the whole update in one pass: measurably faster on CPU and GPU.
     if name == "adamw":
@@ -33,8 +35,12 @@ def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, 
         return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
     if name == "sgd":
         return torch.optim.SGD(
-            model.parameters(), lr=lr, weight_decay=weight_decay,
-            momentum=extra["momentum"], nesterov=bool(extra["nesterov"]), fused=True,
+            model.parameters(),
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=extra["momentum"],
+            nesterov=bool(extra["nesterov"]),
+            fused=True,
         )
     raise ValueError(f"unknown optimizer {name!r}")
 
@@ -99,7 +105,9 @@ def train_epoch(
             on_batch()
     mean_loss = loss_sum.item() / n
     if not math.isfinite(mean_loss):
-        raise DivergedError(f"training loss became {mean_loss} (non-finite): the run diverged; try a lower optimizer.lr")
+        raise DivergedError(
+            f"training loss became {mean_loss} (non-finite): the run diverged; try a lower optimizer.lr"
+        )
     return mean_loss, correct.item() / n
 
 

@@ -13,8 +13,14 @@ from tests.conftest import run_train
 @pytest.mark.slow
 def test_train_py_runs_logs_and_prints_the_summary(tmp_path: Path) -> None:
     mlruns = tmp_path / "mlruns"
-    done = run_train("data=synthetic", "trainer.epochs=1", "tracking.log_model=false",
-                     f"tracking.dir={mlruns}", f"hydra.run.dir={tmp_path}/out", cwd=tmp_path)
+    done = run_train(
+        "data=synthetic",
+        "trainer.epochs=1",
+        "tracking.log_model=false",
+        f"tracking.dir={mlruns}",
+        f"hydra.run.dir={tmp_path}/out",
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     run_id = re.search(r"MLflow run ([0-9a-f]{32})", done.stdout).group(1)
     assert re.search(r"validation accuracy \d+\.\d\d%\s+test accuracy \d+\.\d\d%", done.stdout)

@@ -113,7 +113,9 @@ def test_present_files_are_used_without_fetching(tmp_path: Path, monkeypatch: py
     assert data.ensure_mnist(tmp_path / "root", md5s=md5s) == data.raw_dir(tmp_path / "root")
 
 
-def test_sources_are_tried_in_order_and_failure_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sources_are_tried_in_order_and_failure_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tried = []
 
     def failing(label: str):

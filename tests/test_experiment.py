@@ -1,5 +1,7 @@
 """One run through the compose API on tiny synthetic data, MLflow in a temporary SQLite file."""
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pytest
@@ -11,8 +13,14 @@ from mlp.experiment import run
 from mlp.tracking import flatten, tracking_uri
 
 EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_seconds"]
-ARTIFACTS = {"config.yaml", "confusion_matrix.png", "confusion_matrix.csv", "learning_curves.png",
-             "misclassified.png", "per_class_metrics.csv"}
+ARTIFACTS = {
+    "config.yaml",
+    "confusion_matrix.png",
+    "confusion_matrix.csv",
+    "learning_curves.png",
+    "misclassified.png",
+    "per_class_metrics.csv",
+}
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +92,9 @@ def test_artifacts_are_there_and_readable(logged, tmp_path) -> None:
     for name in ("confusion_matrix.png", "learning_curves.png", "misclassified.png"):
         image = imread(client.download_artifacts(mlrun.info.run_id, name, str(tmp_path)))
         assert image.shape[0] > 200 and image.shape[1] > 400 and image.std() > 0.01  # a real picture
-    csv = np.loadtxt(client.download_artifacts(mlrun.info.run_id, "confusion_matrix.csv", str(tmp_path)),
-                     delimiter=",", skiprows=1)
+    csv = np.loadtxt(
+        client.download_artifacts(mlrun.info.run_id, "confusion_matrix.csv", str(tmp_path)), delimiter=",", skiprows=1
+    )
     assert csv.shape == (10, 11) and csv[:, 1:].sum() == 200  # every test image counted once
     metrics = mlrun.data.metrics
     assert np.trace(csv[:, 1:]) / 200 == pytest.approx(metrics["test/acc"])
@@ -100,15 +109,18 @@ def test_model_is_logged_and_loads_without_pickle(logged) -> None:
     models = mlflow.search_logged_models(experiment_ids=[mlrun.info.experiment_id], output_format="list")
     model = [m for m in models if m.source_run_id == mlrun.info.run_id][0]
     loaded = mlflow.pytorch.load_model(model.model_uri)
-    splits = data.load("synthetic", "", cfg.data.val_size, cfg.data.split_seed, "cpu",
-                       cfg.data.num_train, cfg.data.num_test)
+    splits = data.load(
+        "synthetic", "", cfg.data.val_size, cfg.data.split_seed, "cpu", cfg.data.num_train, cfg.data.num_test
+    )
     preds = loaded(splits.test_x[:50]).argmax(dim=1)
     assert (preds == splits.test_y[:50]).float().mean().item() == pytest.approx(
         mlrun.data.metrics["test/acc"], abs=0.25
     )
-    flavor = mlflow.models.get_model_info(model.model_uri).flavors["pytorch"]
-    assert flavor.get("serialization_format") == "pt2" or flavor.get("export_model") in (True, "true")
     assert isinstance(loaded, torch.nn.Module)
+    local = Path(mlflow.artifacts.download_artifacts(model.model_uri))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert "data/model.pt2" in files  # a torch.export graph
+    assert not [f for f in files if f.endswith((".pth", ".pkl", ".pickle"))]  # no pickled objects
 
 
 def test_same_config_and_seed_give_identical_metrics(tiny_cfg) -> None:
