@@ -1,0 +1,146 @@
+"""How fast one training epoch of the default model is, measured in one run:
+
+- this repo's loop (MNIST held as tensors on the device, batches taken by index, the default
+  config's batch size and augmentation), seconds per epoch and images per second;
+- its achieved training GFLOP/s next to this machine's fp32 matrix-product peak, measured
+  here and now with square products of several sizes;
+- the same model trained for one epoch by the conventional pipeline: torchvision MNIST with
+  ToTensor + Normalize, DataLoader with batch 64; and the speed-up of ours over it.
+
+    python benchmarks/epoch_speed.py            # 3 timed epochs of ours, 1 conventional (about a minute)
+    python benchmarks/epoch_speed.py --quick    # 1 epoch each, smaller peak measurement
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+import mlp.config
+from mlp import data, training
+from mlp.experiment import pick_device
+from mlp.model import MLP
+
+
+def matmul_peak(sizes: tuple[int, ...], seconds: float) -> float:
+    """Best fp32 GFLOP/s of square products on the CPU with torch's threads."""
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2):
+            a @ b  # warm up
+        reps, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            torch.mm(a, b)
+            reps += 1
+        best = max(best, 2 * n**3 * reps / elapsed / 1e9)
+    return best
+
+
+def training_flops(model: MLP) -> int:
+    """Per image: forward, weight gradients (as many), input gradients (all but the first layer)."""
+    first = next(m for m in model if isinstance(m, torch.nn.Linear))
+    return 3 * model.flops_per_example() - 2 * first.in_features * first.out_features
+
+
+def build(cfg, device: torch.device) -> tuple[MLP, torch.optim.Optimizer]:
+    torch.manual_seed(cfg.trainer.seed)
+    m, o = cfg.model, cfg.optimizer
+    model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout).to(device)
+    return model, training.make_optimizer(model, o.name, o.lr, o.weight_decay, beta1=o.beta1, beta2=o.beta2)
+
+
+def ours(cfg, device: torch.device, epochs: int) -> tuple[list[float], int, int]:
+    """Seconds of each training epoch (validation excluded), images per epoch, FLOPs per image."""
+    d = cfg.data
+    splits = data.load(d.name, d.root, d.val_size, d.split_seed, str(device))
+    model, optimizer = build(cfg, device)
+    steps = -(-len(splits.train_x) // cfg.trainer.batch_size)
+    schedule = training.make_schedule(optimizer, cfg.optimizer.schedule, steps * epochs, cfg.optimizer.warmup)
+    augment = data.RandomShift(d.max_shift, device) if d.max_shift else None
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(epochs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        training.train_epoch(
+            model, splits.train_x, splits.train_y, optimizer, schedule, cfg.trainer.batch_size, generator, augment
+        )
+        times.append(time.perf_counter() - start)  # train_epoch ends with .item(): synchronised
+    return times, len(splits.train_x), training_flops(model)
+
+
+def conventional(cfg, device: torch.device) -> float:
+    """One epoch of the textbook pipeline over the same training images."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import transforms
+    from torchvision.datasets import MNIST
+
+    d = cfg.data
+    data.ensure_mnist(d.root)
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize((data.MEAN,), (data.STD,))])
+    full = MNIST(d.root, train=True, transform=tf)
+    order = torch.randperm(len(full), generator=torch.Generator().manual_seed(d.split_seed))
+    loader = DataLoader(Subset(full, order[d.val_size :].tolist()), batch_size=64, shuffle=True)
+    model, optimizer = build(cfg, device)
+    model.train()
+    start = time.perf_counter()
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    loss.item()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs of our loop (median is reported)")
+    parser.add_argument("--quick", action="store_true", help="1 epoch each and a shorter peak measurement")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.batch_size=256")
+    args = parser.parse_args()
+    epochs = 1 if args.quick else args.epochs
+
+    with initialize_config_dir(config_dir=str(mlp.config.PROJECT_ROOT / "conf")):
+        cfg = compose(config_name="config", overrides=args.overrides)
+    mlp.config.validate(cfg)
+    device = pick_device(cfg.trainer.device)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    m = cfg.model
+    print(
+        f"model {m.num_layers}x{m.layer_size} {m.activation}, batch {cfg.trainer.batch_size}, "
+        f"max_shift {cfg.data.max_shift}"
+    )
+
+    peak = matmul_peak((512, 1024, 2048), 0.5 if args.quick else 1.5) if device.type == "cpu" else float("nan")
+    times, images, flops = ours(cfg, device, epochs)
+    epoch = statistics.median(times)
+    achieved = images * flops / epoch / 1e9
+    base = conventional(cfg, device)
+
+    rows = [
+        (f"our epoch (s, median of {len(times)})", f"{epoch:.2f}"),
+        ("our images / s", f"{images / epoch:,.0f}"),
+        ("training GFLOP/s achieved", f"{achieved:.1f}"),
+        ("fp32 matmul peak GFLOP/s (measured)", f"{peak:.1f}"),
+        ("achieved / peak", f"{achieved / peak:.0%}"),
+        ("conventional epoch (s, DataLoader batch 64)", f"{base:.2f}"),
+        ("speed-up (conventional / ours)", f"{base / epoch:.1f}x"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value:>10}")
+
+
+if __name__ == "__main__":
+    main()
