@@ -157,7 +157,9 @@ def ensure_mnist(root: str | Path, md5s: dict[str, str] = MNIST_MD5) -> Path:
         try:
             fetch(raw, md5s)
         except Exception as e:  # noqa: BLE001 - any failure means: try the next source
-            tried.append(f"{label}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            log.info("MNIST: %s failed: %s", label, reason)
+            tried.append(f"{label}: {reason}")
             continue
         if not _check_present(raw, md5s):
             return raw
