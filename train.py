@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 # collector off while they do, start-up is seconds faster; frozen, they are never scanned
 # again (which also makes the interpreter's exit quick).
 gc.disable()
-from mlp.errors import exit_on_user_error, run_cli  # noqa: E402
+from mlp.errors import exit_on_user_error, in_sweep, run_cli  # noqa: E402
 from mlp.experiment import run  # noqa: E402
 
 gc.freeze()
@@ -31,7 +31,8 @@ gc.enable()
 def main(cfg: DictConfig) -> float:
     with exit_on_user_error():
         result = run(cfg)
-    print(result.summary())
+    if not in_sweep():  # a sweep logs one line per trial and prints its own summary
+        print(result.summary())
     return result.val_acc  # the sweep objective
 
 

@@ -89,12 +89,20 @@ class TrackingConfig:
 
 
 @dataclass
+class SweepConfig:
+    study: str | None = None
+    trial: int | None = None
+    parent_run_id: str | None = None
+
+
+@dataclass
 class Config:
     model: ModelConfig = MISSING
     optimizer: OptimizerConfig = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def _project_root() -> str:

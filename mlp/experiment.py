@@ -68,6 +68,12 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def _sweep_dir() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    return str(HydraConfig.get().sweep.dir) if HydraConfig.initialized() else ""
+
+
 def _progress_bar(enabled: bool, total: int):
     """A tqdm bar over one epoch's batches on a terminal, else None."""
     if not (enabled and sys.stderr.isatty()):
@@ -105,6 +111,8 @@ def run(cfg: DictConfig) -> RunResult:
     epoch_level = logging.DEBUG if sweeping else logging.INFO
     name = cfg.tracking.run_name or describe(m.num_layers, m.layer_size, m.activation)
     tags = tracking.run_tags(_overrides(), str(device), t.seed)
+    if cfg.sweep.study is not None:
+        tags.update({"sweep.study": cfg.sweep.study, "sweep.trial": str(cfg.sweep.trial), "sweep.dir": _sweep_dir()})
     log.info(
         "%s on %s: %d train / %d val / %d test images",
         name,
@@ -114,7 +122,7 @@ def run(cfg: DictConfig) -> RunResult:
         len(splits.test_x),
     )
 
-    with tracking.start_run(cfg, name, tags) as active:
+    with tracking.start_run(cfg, name, tags, parent_run_id=cfg.sweep.parent_run_id) as active:
         bar = _progress_bar(t.progress and not sweeping, steps_per_epoch)
 
         def on_epoch(metrics: dict[str, float]) -> None:
@@ -155,7 +163,11 @@ def run(cfg: DictConfig) -> RunResult:
                 bar.close()
 
         test = training.evaluate(model, splits.test_x, splits.test_y)
-        final = {"test/loss": test.loss, "test/acc": test.acc}
+        final = {
+            "test/loss": test.loss,
+            "test/acc": test.acc,
+            "train_seconds": sum(h["epoch_seconds"] for h in history),
+        }
         cm = training.confusion_matrix(splits.test_y, test.preds)
         per_class = training.per_class_metrics(cm)
         for metric, values in per_class.items():

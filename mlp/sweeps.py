@@ -1,0 +1,280 @@
+"""Sweeps: what happens around the official Optuna sweeper, and reading studies afterwards.
+
+``TrackedSweep.run`` is called by the project's sweeper plugin
+(hydra_plugins/mlp_sweeper). Around the official sweep loop it
+- checks that every searched key exists before any trial starts;
+- marks trials that an interrupted sweep left RUNNING as FAIL;
+- opens one MLflow parent run and tells each trial, through its overrides, the study,
+  its trial number and that parent's id (``sweep.*`` in the config);
+- at the end logs the leaderboard, Optuna's plots and optimization_results.yaml to the
+  parent, and writes conf/model/best.yaml from the study's best trial (the previous one is
+  kept as an artifact of the parent run).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from mlp import tracking
+from mlp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ("trial", "state", "val_acc", "test_acc", "epochs", "train_seconds", "wall_seconds", "run_id")
+
+
+def searched_keys(params: dict[str, Any] | None, arguments: list[str]) -> list[str]:
+    """The config keys a sweep varies or fixes: its ``params`` and its command-line overrides."""
+    keys = list(params or {})
+    keys += [a.split("=", 1)[0] for a in arguments if "=" in a]
+    return [k for k in keys if not k.startswith(("hydra.", "hydra/", "+", "~"))]
+
+
+def check_search_space(config: DictConfig, keys: list[str]) -> None:
+    """An unknown key would fail every trial: stop before the first."""
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    for key in keys:
+        if "/" in key or key in ("model", "optimizer", "data", "trainer"):
+            continue  # a group choice, checked by Hydra
+        if OmegaConf.select(task, key, default=_MISSING) is _MISSING:
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}", "", "a key of the training config (see python train.py --cfg job)"
+            )
+
+
+_MISSING = object()
+
+
+def fail_stale_trials(storage: str | optuna.storages.BaseStorage, study_name: str) -> int:
+    """Trials left RUNNING by an interrupted sweep are marked FAIL (never counted as results)."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0  # a new study
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    store = optuna.storages.get_storage(storage)
+    for trial in stale:
+        store.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        store.set_trial_user_attr(trial._trial_id, "failure_reason", "left RUNNING by an interrupted sweep")
+    return len(stale)
+
+
+def trial_runs(client: MlflowClient, experiment_id: str, study_name: str) -> dict[int, Any]:
+    """MLflow runs of a study's trials, by trial number (the latest run of each)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`sweep.study` = '{study_name}'", max_results=50_000)
+    by_trial: dict[int, Any] = {}
+    for run in sorted(runs, key=lambda r: r.info.start_time):
+        if (number := run.data.tags.get("sweep.trial")) is not None:
+            by_trial[int(number)] = run
+    return by_trial
+
+
+def leaderboard(study: optuna.Study, runs: dict[int, Any]) -> list[dict[str, Any]]:
+    """One row per finished or failed trial, best validation accuracy first."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state == optuna.trial.TrialState.RUNNING:
+            continue
+        run = runs.get(trial.number)
+        metrics = run.data.metrics if run else {}
+        row = {
+            "trial": trial.number,
+            "state": trial.state.name,
+            "val_acc": trial.value if trial.value is not None else "",
+            "test_acc": metrics.get("test/acc", ""),
+            "epochs": trial.params.get("trainer.epochs", run.data.params.get("trainer.epochs", "") if run else ""),
+            "train_seconds": round(metrics["train_seconds"], 1) if "train_seconds" in metrics else "",
+            "wall_seconds": round((run.info.end_time - run.info.start_time) / 1000, 1)
+            if run and run.info.end_time
+            else "",
+            "run_id": run.info.run_id if run else "",
+        }
+        row.update({k: v for k, v in trial.params.items() if k != "trainer.epochs"})
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["val_acc"] == "", -(r["val_acc"] or 0), r["trial"]))
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "(no trials)\n"
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(row.get(k, "")) for k in header) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: list[dict[str, Any]]) -> str:
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    return "\n".join([",".join(header)] + [",".join(str(row.get(k, "")) for k in header) for row in rows]) + "\n"
+
+
+def optuna_figures(study: optuna.Study) -> dict[str, Any]:
+    """Optuna's own plots (matplotlib), by file name; a plot the study cannot give yet is skipped."""
+    import warnings
+
+    import optuna.visualization.matplotlib as ov
+
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" notes
+    figures = {}
+    for name, plot in (
+        ("optimization_history", ov.plot_optimization_history),
+        ("param_importances", ov.plot_param_importances),
+        ("parallel_coordinate", ov.plot_parallel_coordinate),
+        ("slice", ov.plot_slice),
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                axes = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            log.info("skipping Optuna plot %s: %s", name, e)
+            continue
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        fig = first.figure
+        fig.set_size_inches(max(fig.get_size_inches()[0], 10), max(fig.get_size_inches()[1], 6))
+        figures[f"optuna/{name}.png"] = fig
+    return figures
+
+
+def best_config(base: DictConfig, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """What model=best must set: the trial's whole model, optimizer and trainer sections and
+    the data split, i.e. the sweep's base config with the trial's values put in."""
+    task = OmegaConf.masked_copy(base, ["model", "optimizer", "trainer", "data"])
+    for key, value in trial.params.items():
+        OmegaConf.update(task, key, value)
+    resolved = OmegaConf.to_container(task, resolve=True)
+    data = resolved["data"]
+    return {
+        "model": resolved["model"],
+        "optimizer": {k: v for k, v in resolved["optimizer"].items() if k != "name"},
+        "trainer": resolved["trainer"],
+        "data": {k: data[k] for k in ("val_size", "split_seed", "max_shift")},
+    }
+
+
+def best_yaml(study_name: str, trial: optuna.trial.FrozenTrial, values: dict[str, Any], run_id: str) -> str:
+    header = (
+        "# @package _global_\n"
+        f"# Written by the sweep of Optuna study '{study_name}' on {datetime.date.today().isoformat()}:\n"
+        f"# trial {trial.number}, validation accuracy {trial.value:.4f}, MLflow run {run_id or 'unknown'}.\n"
+        "# Reproduce that trial with:  python train.py model=best\n"
+    )
+    return header + OmegaConf.to_yaml(OmegaConf.create(values))
+
+
+class TrackedSweep:
+    def __init__(self, impl: Any, config: DictConfig, arguments: list[str]):
+        self.impl = impl
+        self.config = config
+        self.arguments = arguments
+        self.best_path = Path(config.hydra.sweeper.get("best_config") or "")
+
+    def run(self) -> None:
+        impl, cfg = self.impl, self.config
+        check_search_space(cfg, searched_keys(impl.params, self.arguments))
+        if isinstance(impl.storage, str) and impl.storage.startswith("sqlite:///"):
+            Path(impl.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        if stale := fail_stale_trials(impl.storage, impl.study_name):
+            log.warning("marked %d trial(s) left RUNNING by an interrupted sweep as FAIL", stale)
+
+        uri, experiment_id = tracking.use_experiment(cfg.tracking)
+        client = MlflowClient(uri)
+        started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        parent = client.create_run(
+            experiment_id,
+            run_name=f"{impl.study_name} {started}",
+            tags={
+                "sweep.study": impl.study_name,
+                "sweep.role": "parent",
+                "sweep.dir": str(cfg.hydra.sweep.dir),
+                "sweep.storage": str(impl.storage),
+            },
+        )
+        parent_id = parent.info.run_id
+        log.info("MLflow parent run %s for study %s", parent_id, impl.study_name)
+        self._pass_identity(parent_id)
+        status = "FAILED"
+        try:
+            impl.sweep(self.arguments)
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            try:
+                self._finish(client, experiment_id, parent_id)
+            finally:
+                client.set_terminated(parent_id, status)
+        command, link = tracking.ui_hint(uri, experiment_id, parent_id)
+        print(f"sweep logged to MLflow parent run {parent_id}\nbrowse it:  {command}\n            then open {link}")
+
+    def _pass_identity(self, parent_id: str) -> None:
+        """Each trial's overrides get its study, trial number and parent run (a real channel:
+        the sweeper that asked Optuna for the trial tells the job which trial it is)."""
+        impl = self.impl
+        configure = impl._configure_trials
+
+        def with_identity(trials: list[optuna.trial.Trial], *args: Any) -> list[tuple[str, ...]]:
+            overrides = configure(trials, *args)
+            return [
+                (*o, f"sweep.study={impl.study_name}", f"sweep.trial={t.number}", f"sweep.parent_run_id={parent_id}")
+                for o, t in zip(overrides, trials, strict=True)
+            ]
+
+        impl._configure_trials = with_identity
+
+    def _finish(self, client: MlflowClient, experiment_id: str, parent_id: str) -> None:
+        impl = self.impl
+        study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
+        runs = trial_runs(client, experiment_id, impl.study_name)
+        rows = leaderboard(study, runs)
+        with tempfile.TemporaryDirectory() as tmp:
+            for name, text in (("leaderboard.csv", csv_table(rows)), ("leaderboard.md", markdown_table(rows))):
+                (Path(tmp) / name).write_text(text)
+                client.log_artifact(parent_id, str(Path(tmp) / name))
+            results = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
+            if results.exists():
+                client.log_artifact(parent_id, str(results))
+        for path, fig in optuna_figures(study).items():
+            import matplotlib.pyplot as plt
+
+            client.log_figure(parent_id, fig, path)
+            plt.close(fig)
+        completed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        client.log_metric(parent_id, "trials_complete", len(completed))
+        if not completed:
+            log.warning("no trial of study %s completed: best.yaml left as it is", impl.study_name)
+            return
+        best = study.best_trial
+        client.log_metric(parent_id, "best/val_acc", best.value)
+        for key, value in best.params.items():
+            client.set_tag(parent_id, f"best.{key}", str(value))
+        client.set_tag(parent_id, "best.trial", str(best.number))
+        if self.best_path.name:
+            run_id = runs[best.number].info.run_id if best.number in runs else ""
+            write_best(
+                self.best_path,
+                best_yaml(impl.study_name, best, best_config(self.config, best), run_id),
+                client,
+                parent_id,
+            )
+
+
+def write_best(path: Path, text: str, client: MlflowClient | None = None, run_id: str | None = None) -> None:
+    """Write best.yaml atomically; the previous one goes to the run's artifacts first."""
+    if path.exists() and client is not None and run_id is not None:
+        client.log_artifact(run_id, str(path), artifact_path="previous")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.part")
+    tmp.write_text(text)
+    tmp.replace(path)
+    log.info("wrote %s", path)
