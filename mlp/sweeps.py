@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mlp import tracking
-from mlp.errors import ConfigError
+from mlp.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +108,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "(no trials)\n"
     header = list(dict.fromkeys(k for row in rows for k in row))
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+
+    def fmt(key: str, value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4f}" if key.endswith("_acc") else f"{value:.4g}"
+        return str(value)
+
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(row.get(k, "")) for k in header) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(k, row.get(k, "")) for k in header) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
@@ -145,13 +152,23 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
     return figures
 
 
-def best_config(base: DictConfig, trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """What model=best must set: the trial's whole model, optimizer and trainer sections and
-    the data split, i.e. the sweep's base config with the trial's values put in."""
-    task = OmegaConf.masked_copy(base, ["model", "optimizer", "trainer", "data"])
+def trial_config(client: MlflowClient, run: Any | None, base: DictConfig | None, trial: Any) -> DictConfig:
+    """The config a trial ran with: its MLflow run's config.yaml, else ``base`` with its params."""
+    if run is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            with contextlib.suppress(Exception):  # an old or remote run without the file
+                return OmegaConf.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp))
+    if base is None:
+        raise UserError(f"trial {trial.number} has no MLflow run with its config.yaml to export from")
+    cfg = OmegaConf.masked_copy(base, ["model", "optimizer", "trainer", "data"])
     for key, value in trial.params.items():
-        OmegaConf.update(task, key, value)
-    resolved = OmegaConf.to_container(task, resolve=True)
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
+def best_values(cfg: DictConfig) -> dict[str, Any]:
+    """What model=best sets: the whole model, optimizer and trainer sections and the split."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
     data = resolved["data"]
     return {
         "model": resolved["model"],
@@ -186,6 +203,8 @@ class TrackedSweep:
         if stale := fail_stale_trials(impl.storage, impl.study_name):
             log.warning("marked %d trial(s) left RUNNING by an interrupted sweep as FAIL", stale)
 
+        self._enqueue_base_config()
+
         uri, experiment_id = tracking.use_experiment(cfg.tracking)
         client = MlflowClient(uri)
         started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
@@ -217,16 +236,54 @@ class TrackedSweep:
         command, link = tracking.ui_hint(uri, experiment_id, parent_id)
         print(f"sweep logged to MLflow parent run {parent_id}\nbrowse it:  {command}\n            then open {link}")
 
+    def _enqueue_base_config(self) -> None:
+        """A new study's first trial is the base config's own values (by default the
+        write-up's network): the sweep's best is then never worse than the run it set out to
+        improve, and the leaderboard shows that reference."""
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+
+        impl = self.impl
+        distributions, fixed, _ = create_params_from_overrides(impl._parse_sweeper_params_config() + self.arguments)
+        params = {}
+        for key, distribution in distributions.items():
+            value = OmegaConf.select(self.config, key)
+            if key in fixed:
+                continue
+            try:
+                inside = distribution._contains(distribution.to_internal_repr(value))
+            except (TypeError, ValueError):
+                inside = False
+            if not inside:
+                log.info("base config's %s=%s is outside the search space: no reference trial", key, value)
+                return
+            params[key] = value
+        study = optuna.create_study(
+            study_name=impl.study_name, storage=impl.storage, directions=impl._get_directions(), load_if_exists=True
+        )
+        if not study.trials:
+            study.enqueue_trial(params, user_attrs={"reference": "base config"})
+
     def _pass_identity(self, parent_id: str) -> None:
         """Each trial's overrides get its study, trial number and parent run (a real channel:
         the sweeper that asked Optuna for the trial tells the job which trial it is)."""
         impl = self.impl
         configure = impl._configure_trials
+        extra = []
+        if impl.n_jobs > 1 and self.config.trainer.threads == 0:
+            # Parallel trials share the cores; the thread count goes into each trial's config
+            # so that model=best reruns the winner with the same arithmetic.
+            extra.append(f"trainer.threads={max(1, (os.cpu_count() or 1) // impl.n_jobs)}")
 
         def with_identity(trials: list[optuna.trial.Trial], *args: Any) -> list[tuple[str, ...]]:
             overrides = configure(trials, *args)
             return [
-                (*o, f"sweep.study={impl.study_name}", f"sweep.trial={t.number}", f"sweep.parent_run_id={parent_id}")
+                (
+                    *o,
+                    *extra,
+                    f"sweep.study={impl.study_name}",
+                    f"sweep.trial={t.number}",
+                    f"sweep.parent_run_id={parent_id}",
+                )
                 for o, t in zip(overrides, trials, strict=True)
             ]
 
@@ -260,13 +317,10 @@ class TrackedSweep:
             client.set_tag(parent_id, f"best.{key}", str(value))
         client.set_tag(parent_id, "best.trial", str(best.number))
         if self.best_path.name:
-            run_id = runs[best.number].info.run_id if best.number in runs else ""
-            write_best(
-                self.best_path,
-                best_yaml(impl.study_name, best, best_config(self.config, best), run_id),
-                client,
-                parent_id,
-            )
+            run = runs.get(best.number)
+            values = best_values(trial_config(client, run, self.config, best))
+            text = best_yaml(impl.study_name, best, values, run.info.run_id if run else "")
+            write_best(self.best_path, text, client, parent_id)
 
 
 def write_best(path: Path, text: str, client: MlflowClient | None = None, run_id: str | None = None) -> None:

@@ -1,0 +1,185 @@
+"""Study tools for the Optuna sweeps that `python train.py -m hydra/sweeper=optuna` runs.
+
+    python sweep.py list                              # studies in the default storage: trials done/failed/running, best
+    python sweep.py leaderboard                       # top 10 trials of the default study (mnist-mlp)
+    python sweep.py leaderboard wide --top 25         # another study
+    python sweep.py export                            # best trial of mnist-mlp -> conf/model/best.yaml
+    python sweep.py export --trial 7 --out /tmp/t7.yaml   # a chosen trial, elsewhere
+    python sweep.py plots --out plots/                # Optuna's plots as PNG files
+    python sweep.py plots --mlflow                    # ...logged to the study's latest sweep parent run
+    python sweep.py list --storage postgresql://user@host/optuna   # any Optuna storage URL
+
+Defaults (study name, storage) come from conf/hydra/sweeper/optuna.yaml, as the sweep's do.
+Trial metrics beyond validation accuracy (test accuracy, seconds, run ids) come from MLflow:
+MLFLOW_TRACKING_URI, else the SQLite store under mlruns/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import optuna
+from omegaconf import OmegaConf
+
+from mlp.config import PROJECT_ROOT
+from mlp.errors import UserError
+
+SWEEPER_CONF = PROJECT_ROOT / "conf" / "hydra" / "sweeper" / "optuna.yaml"
+
+
+def defaults() -> tuple[str, str, str]:
+    """(study name, storage URL, best.yaml path) as the sweeper config sets them."""
+    conf = OmegaConf.load(SWEEPER_CONF)
+    return conf.study_name, conf.storage, conf.best_config
+
+
+def open_storage(url: str) -> str:
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise UserError(f"no study storage at {url}: run a sweep first (python train.py -m hydra/sweeper=optuna)")
+    try:
+        optuna.get_all_study_names(storage=url)
+    except Exception as e:  # noqa: BLE001 - any storage failure is the user's URL or server
+        raise UserError(f"cannot open study storage {url}: {str(e).splitlines()[0]}") from e
+    return url
+
+
+def load_study(name: str, storage: str) -> optuna.Study:
+    names = optuna.get_all_study_names(storage=storage)
+    if name not in names:
+        raise UserError(f"no study {name!r} in {storage}; studies there: {', '.join(sorted(names)) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def mlflow_client():
+    from mlflow.tracking import MlflowClient
+
+    from mlp import tracking
+
+    tracking_cfg = OmegaConf.create({"uri": None, "dir": str(PROJECT_ROOT / "mlruns"), "experiment": "mnist-mlp"})
+    return MlflowClient(tracking.tracking_uri(tracking_cfg))
+
+
+def study_runs(client, study_name: str) -> dict:
+    from mlp.sweeps import trial_runs
+
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs: dict = {}
+    for experiment_id in experiments:
+        runs.update(trial_runs(client, experiment_id, study_name))
+    return runs
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    storage = open_storage(args.storage)
+    summaries = optuna.get_all_study_summaries(storage=storage)
+    if not summaries:
+        print(f"no studies in {storage}")
+    for summary in summaries:
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        best = f"{summary.best_trial.value:.4f} (trial {summary.best_trial.number})" if summary.best_trial else "-"
+        print(
+            f"{summary.study_name}: {states.count('COMPLETE')} complete, {states.count('FAIL')} failed, "
+            f"{states.count('PRUNED')} pruned, {states.count('RUNNING')} running; best val acc {best}"
+        )
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    from mlp.sweeps import leaderboard, markdown_table
+
+    study = load_study(args.study, open_storage(args.storage))
+    rows = leaderboard(study, study_runs(mlflow_client(), args.study))
+    print(markdown_table(rows[: args.top]), end="")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from mlp.sweeps import best_values, best_yaml, trial_config, write_best
+
+    study = load_study(args.study, open_storage(args.storage))
+    complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
+    if not complete:
+        raise UserError(f"study {args.study!r} has no complete trial to export")
+    if args.trial is None:
+        trial = study.best_trial
+    elif args.trial in complete:
+        trial = complete[args.trial]
+    else:
+        raise UserError(f"trial {args.trial} of {args.study!r} is not complete; complete trials: {sorted(complete)}")
+    client = mlflow_client()
+    run = study_runs(client, args.study).get(trial.number)
+    values = best_values(trial_config(client, run, None, trial))
+    text = best_yaml(args.study, trial, values, run.info.run_id if run else "")
+    write_best(Path(args.out), text)
+    print(f"wrote {args.out}: trial {trial.number}, validation accuracy {trial.value:.4f}")
+
+
+def cmd_plots(args: argparse.Namespace) -> None:
+    import matplotlib.pyplot as plt
+
+    from mlp.sweeps import optuna_figures
+
+    study = load_study(args.study, open_storage(args.storage))
+    if not args.out and not args.mlflow:
+        raise UserError("plots: give --out DIR, --mlflow, or both")
+    client = mlflow_client() if args.mlflow else None
+    parent = None
+    if client is not None:
+        parents = [
+            r
+            for e in client.search_experiments()
+            for r in client.search_runs(
+                [e.experiment_id],
+                filter_string=f"tags.`sweep.study` = '{args.study}' and tags.`sweep.role` = 'parent'",
+                order_by=["attributes.start_time DESC"],
+                max_results=1,
+            )
+        ]
+        if not parents:
+            raise UserError(f"no MLflow parent run for study {args.study!r}")
+        parent = parents[0].info.run_id
+    for path, fig in optuna_figures(study).items():
+        if args.out:
+            target = Path(args.out) / Path(path).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(target)
+            print(f"wrote {target}")
+        if parent is not None:
+            client.log_figure(parent, fig, path)
+            print(f"logged {path} to MLflow run {parent}")
+        plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    study, storage, best = defaults()
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--storage", default=storage, help=f"Optuna storage URL (default: {storage})")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    add = lambda name, help: commands.add_parser(name, help=help, parents=[common])  # noqa: E731
+    add("list", "studies with trial counts and best value").set_defaults(func=cmd_list)
+    board = add("leaderboard", "a study's best trials")
+    board.add_argument("study", nargs="?", default=study)
+    board.add_argument("--top", type=int, default=10)
+    board.set_defaults(func=cmd_leaderboard)
+    export = add("export", "write a trial's config as best.yaml")
+    export.add_argument("study", nargs="?", default=study)
+    export.add_argument("--trial", type=int, help="trial number (default: the best)")
+    export.add_argument("--out", default=best, help=f"file to write (default: {best})")
+    export.set_defaults(func=cmd_export)
+    plots = add("plots", "Optuna's plots, to files and/or to MLflow")
+    plots.add_argument("study", nargs="?", default=study)
+    plots.add_argument("--out", help="folder for PNG files")
+    plots.add_argument("--mlflow", action="store_true", help="log to the study's latest sweep parent run")
+    plots.set_defaults(func=cmd_plots)
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
