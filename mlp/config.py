@@ -7,6 +7,7 @@ before any data is loaded. Defaults live in the YAML files, next to their commen
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,9 +110,15 @@ def _project_root() -> str:
     return str(PROJECT_ROOT)
 
 
+def _parallel_jobs(n_jobs: int) -> int:
+    """Joblib's n_jobs as a count: -1 = every core, -2 = all but one, ..."""
+    return max(1, n_jobs if n_jobs > 0 else (os.cpu_count() or 1) + 1 + n_jobs)
+
+
 def register() -> None:
     """Put the schemas in the ConfigStore; conf/ files name them in their defaults lists."""
     OmegaConf.register_resolver("project_root", _project_root, replace=True)
+    OmegaConf.register_resolver("parallel_jobs", _parallel_jobs, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, name, node in (

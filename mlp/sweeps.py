@@ -64,8 +64,8 @@ def fail_stale_trials(storage: str | optuna.storages.BaseStorage, study_name: st
     stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     store = optuna.storages.get_storage(storage)
     for trial in stale:
-        store.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
         store.set_trial_user_attr(trial._trial_id, "failure_reason", "left RUNNING by an interrupted sweep")
+        store.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     return len(stale)
 
 
@@ -117,11 +117,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(fmt(k, row.get(k, "")) for k in header) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def csv_table(rows: list[dict[str, Any]]) -> str:
-    header = list(dict.fromkeys(k for row in rows for k in row))
-    return "\n".join([",".join(header)] + [",".join(str(row.get(k, "")) for k in header) for row in rows]) + "\n"
 
 
 def optuna_figures(study: optuna.Study) -> dict[str, Any]:
@@ -295,7 +290,7 @@ class TrackedSweep:
         runs = trial_runs(client, experiment_id, impl.study_name)
         rows = leaderboard(study, runs)
         with tempfile.TemporaryDirectory() as tmp:
-            for name, text in (("leaderboard.csv", csv_table(rows)), ("leaderboard.md", markdown_table(rows))):
+            for name, text in (("leaderboard.csv", tracking.csv_text(rows)), ("leaderboard.md", markdown_table(rows))):
                 (Path(tmp) / name).write_text(text)
                 client.log_artifact(parent_id, str(Path(tmp) / name))
             results = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"

@@ -142,11 +142,15 @@ def log_figure(fig: Figure, path: str) -> None:
     plt.close(fig)
 
 
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """CSV from a list of dicts; the header is the union of their keys, in order of appearance."""
+    header = list(dict.fromkeys(k for row in rows for k in row))
+    lines = [",".join(header)] + [",".join(str(row.get(k, "")) for k in header) for row in rows]
+    return "\n".join(lines) + "\n"
+
+
 def log_table(rows: list[dict[str, Any]], path: str) -> None:
-    """A CSV artifact from a list of dicts with the same keys."""
-    header = list(rows[0])
-    lines = [",".join(header)] + [",".join(str(row[k]) for k in header) for row in rows]
-    mlflow.log_text("\n".join(lines) + "\n", path)
+    mlflow.log_text(csv_text(rows), path)
 
 
 def log_model(model: Any, example: np.ndarray) -> None:

@@ -59,18 +59,34 @@ class Sweep:
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+    """A study of 3 trials: a sweep of 2, then the same command again for 1 more."""
     sweep = Sweep(tmp_path_factory.mktemp("sweep"))
-    sweep.run(3)
+    sweep.run(2)
+    sweep.first_params = [t.params for t in sweep.study_trials()]
+    sweep.run(1)
     return sweep
 
 
-def test_sweep_leaves_trials_parent_and_children(swept: Sweep) -> None:
+def test_running_again_continues_the_study(swept: Sweep) -> None:
+    trials = swept.study_trials()
+    assert [t.number for t in trials] == [0, 1, 2]
+    assert [t.params for t in trials[:2]] == swept.first_params  # kept, not repeated
+    assert trials[0].user_attrs["reference"] == "base config"  # a new study starts from the defaults
+    assert trials[0].params["model.num_layers"] == 4 and trials[0].params["model.activation"] == "leaky_relu"
+
+
+def test_sweep_leaves_trials_parents_and_children(swept: Sweep) -> None:
     trials = swept.study_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
-    [parent] = swept.runs("parent")
+    parents = [r for r in swept.runs("parent") if r.data.tags.get("sweep.role") == "parent"]
+    first, second = sorted(parents, key=lambda r: r.info.start_time)
     children = swept.runs("child")
     assert len(children) == 3
-    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    by_parent = {}
+    for child in children:
+        by_parent.setdefault(child.data.tags["mlflow.parentRunId"], []).append(int(child.data.tags["sweep.trial"]))
+    assert {k: sorted(v) for k, v in by_parent.items()} == {first.info.run_id: [0, 1], second.info.run_id: [2]}
+    parent = second
     assert sorted(int(c.data.tags["sweep.trial"]) for c in children) == [0, 1, 2]
     assert {c.data.tags["sweep.study"] for c in children} == {"test"}
     client = swept.client()
@@ -83,6 +99,9 @@ def test_sweep_leaves_trials_parent_and_children(swept: Sweep) -> None:
     assert {"leaderboard.csv", "leaderboard.md", "optimization_results.yaml"} <= parent_files
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")} >= {"optuna/optimization_history.png"}
     assert parent.data.metrics["best/val_acc"] == max(t.value for t in trials)
+    # The second sweep kept the best.yaml that the first one wrote.
+    assert [a.path for a in client.list_artifacts(second.info.run_id, "previous")] == ["previous/best.yaml"]
+    assert not list(client.list_artifacts(first.info.run_id, "previous"))
 
 
 def test_best_yaml_holds_the_best_trial_and_reproduces_it(swept: Sweep) -> None:
@@ -126,16 +145,6 @@ def test_sweep_py_leaderboard_list_and_export(swept: Sweep) -> None:
     )
 
 
-def test_running_again_continues_the_study(tmp_path: Path) -> None:
-    sweep = Sweep(tmp_path, study="resume")
-    sweep.run(2)
-    first = [(t.number, t.params) for t in sweep.study_trials()]
-    sweep.run(2)
-    trials = sweep.study_trials()
-    assert len(trials) == 4 and [(t.number, t.params) for t in trials[:2]] == first  # kept, not repeated
-    assert len(sweep.runs("parent")) == 2 and len(sweep.runs("child")) == 4
-
-
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     sweep = Sweep(tmp_path, study="fail")
     sweep.run(4, "optimizer=sgd", "optimizer.schedule=none", "optimizer.lr=choice(0.01,1e30)",
@@ -150,7 +159,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> No
 
 def test_parallel_trials_with_joblib(tmp_path: Path) -> None:
     sweep = Sweep(tmp_path, study="parallel")
-    sweep.run(2, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2")
+    sweep.run(2, "hydra/launcher=joblib")  # n_jobs follows the launcher: one trial per core
     assert [t.state.name for t in sweep.study_trials()] == ["COMPLETE"] * 2
     children = sweep.runs("child")
     assert len(children) == 2 and {c.data.params["trainer.threads"] for c in children} == {"1"}
@@ -162,3 +171,17 @@ def test_unknown_search_key_stops_before_any_trial(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.params.model.layerz")
     assert not (tmp_path / "mlruns").exists() or not sweep.runs("child")
+
+
+def test_trials_left_running_by_an_interruption_are_failed(tmp_path: Path) -> None:
+    from mlp.sweeps import fail_stale_trials
+
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="cut", storage=storage, direction="maximize")
+    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    study.ask()  # a trial whose process was killed: RUNNING forever
+    assert fail_stale_trials(storage, "cut") == 1
+    states = [t.state.name for t in optuna.load_study(study_name="cut", storage=storage).trials]
+    assert states == ["COMPLETE", "FAIL"]
+    assert study.trials[1].user_attrs["failure_reason"] == "left RUNNING by an interrupted sweep"
+    assert fail_stale_trials(storage, "new") == 0  # an unknown study is new, not an error
