@@ -94,6 +94,8 @@ class SweepConfig:
     study: str | None = None
     trial: int | None = None
     parent_run_id: str | None = None
+    trial_id: int | None = None
+    storage: str | None = None
 
 
 @dataclass

@@ -113,6 +113,11 @@ def run(cfg: DictConfig) -> RunResult:
     tags = tracking.run_tags(_overrides(), str(device), t.seed)
     if cfg.sweep.study is not None:
         tags.update({"sweep.study": cfg.sweep.study, "sweep.trial": str(cfg.sweep.trial), "sweep.dir": _sweep_dir()})
+    reporter = None
+    if cfg.sweep.trial_id is not None:
+        from mlp.sweeps import TrialReporter
+
+        reporter = TrialReporter.for_trial(cfg.sweep.storage, cfg.sweep.study, cfg.sweep.trial_id)
     log.info(
         "%s on %s: %d train / %d val / %d test images",
         name,
@@ -125,7 +130,7 @@ def run(cfg: DictConfig) -> RunResult:
     with tracking.start_run(cfg, name, tags, parent_run_id=cfg.sweep.parent_run_id) as active:
         bar = _progress_bar(t.progress and not sweeping, steps_per_epoch)
 
-        def on_epoch(metrics: dict[str, float]) -> None:
+        def on_epoch(metrics: dict[str, float]) -> bool:
             tracking.log_epoch(metrics)
             if bar is not None:
                 bar.reset()
@@ -141,6 +146,7 @@ def run(cfg: DictConfig) -> RunResult:
                 metrics["lr"],
                 metrics["epoch_seconds"],
             )
+            return reporter is not None and reporter.should_stop(int(metrics["epoch"]), t.epochs, metrics["val/acc"])
 
         try:
             history = training.fit(
@@ -162,17 +168,28 @@ def run(cfg: DictConfig) -> RunResult:
             if bar is not None:
                 bar.close()
 
+        epochs_run = len(history)
+        if epochs_run < t.epochs:  # pruned: what follows describes the model where it stopped
+            log.info(
+                "%s: pruned after epoch %d/%d (val acc %.2f%%)",
+                name,
+                epochs_run,
+                t.epochs,
+                100 * history[-1]["val/acc"],
+            )
+            tracking.mark_pruned(epochs_run)
         test = training.evaluate(model, splits.test_x, splits.test_y)
         final = {
             "test/loss": test.loss,
             "test/acc": test.acc,
             "train_seconds": sum(h["epoch_seconds"] for h in history),
+            "epochs_run": epochs_run,
         }
         cm = training.confusion_matrix(splits.test_y, test.preds)
         per_class = training.per_class_metrics(cm)
         for metric, values in per_class.items():
             final.update({f"test/{metric}/{digit}": v for digit, v in enumerate(values)})
-        tracking.log_epoch({"epoch": t.epochs, **final})
+        tracking.log_epoch({"epoch": epochs_run, **final})
 
         tracking.log_table(
             [{"true": r, **{f"pred_{c}": int(cm[r, c]) for c in range(10)}} for r in range(10)],
@@ -193,6 +210,8 @@ def run(cfg: DictConfig) -> RunResult:
         if cfg.tracking.log_model:
             tracking.log_model(model, splits.test_x[:4].cpu().numpy())
 
+    if reporter is not None and epochs_run < t.epochs:
+        reporter.pruned()
     uri = tracking.tracking_uri(cfg.tracking)
     last = history[-1]
     log.info("%s: val acc %.2f%%, test acc %.2f%%", name, 100 * last["val/acc"], 100 * test.acc)

@@ -5,7 +5,10 @@
 - checks that every searched key exists before any trial starts;
 - marks trials that an interrupted sweep left RUNNING as FAIL;
 - opens one MLflow parent run and tells each trial, through its overrides, the study,
-  its trial number and that parent's id (``sweep.*`` in the config);
+  its trial number and id, the storage and that parent's id (``sweep.*`` in the config);
+- with a pruner (``hydra/sweeper/pruner=...``), each trial reports its validation accuracy
+  every epoch to its own Optuna trial and stops when the pruner says so (``TrialReporter``,
+  the job's side); Optuna records it PRUNED;
 - at the end logs the leaderboard, Optuna's plots and optimization_results.yaml to the
   parent, and writes conf/model/best.yaml from the study's best trial (the previous one is
   kept as an artifact of the parent run).
@@ -15,8 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import logging
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,67 @@ from mlp.errors import ConfigError, UserError
 
 log = logging.getLogger(__name__)
 
-RESULT_COLUMNS = ("trial", "state", "val_acc", "test_acc", "epochs", "train_seconds", "wall_seconds", "run_id")
+STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1}  # leaderboard order; then FAIL
+PRUNER_CHOICES = (
+    "hydra/sweeper/pruner=none|median|successive_halving|hyperband, "
+    "or a mapping with _target_: optuna.pruners.<Class> and its arguments"
+)
+
+
+def make_pruner(spec: Any) -> optuna.pruners.BasePruner | None:
+    """The Optuna pruner a ``hydra.sweeper.pruner`` config asks for; None for no pruning."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("_target_"), str):
+        raise ConfigError("hydra.sweeper.pruner", spec, PRUNER_CHOICES)
+    from hydra.utils import instantiate
+
+    try:
+        pruner = instantiate(spec, _execution_whitelist_="optuna.pruners.*")
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        target = spec["_target_"]
+        raise UserError(f"hydra.sweeper.pruner: cannot make {target} ({reason}); expected {PRUNER_CHOICES}") from e
+    if not isinstance(pruner, optuna.pruners.BasePruner):
+        raise ConfigError("hydra.sweeper.pruner", spec, PRUNER_CHOICES)
+    return None if isinstance(pruner, optuna.pruners.NopPruner) else pruner
+
+
+def progress_step(epoch: int, epochs: int) -> int:
+    """The step a trial reports at: the percentage of its epochs done. Trials of 5 and of 20
+    epochs are then compared at the same point of their learning-rate schedules."""
+    return round(100 * epoch / epochs)
+
+
+class TrialReporter:
+    """The job's side of a pruned sweep: the trial that the sweeper asked Optuna for, opened
+    from the study storage by its id, reports each epoch's validation accuracy."""
+
+    def __init__(self, storage: str, study_name: str, trial_id: int, pruner: optuna.pruners.BasePruner):
+        study = optuna.load_study(
+            study_name=study_name,
+            storage=storage,
+            sampler=optuna.samplers.RandomSampler(),  # samples nothing here; avoids TPE's set-up
+            pruner=pruner,
+        )
+        self.trial = optuna.trial.Trial(study, trial_id)
+
+    @classmethod
+    def for_trial(cls, storage: str | None, study_name: str | None, trial_id: int | None) -> TrialReporter | None:
+        """A reporter when the trial belongs to a pruned sweep, else None."""
+        if storage is None or study_name is None or trial_id is None:
+            return None
+        spec = optuna.storages.get_storage(storage).get_trial(trial_id).user_attrs.get("pruner")
+        pruner = make_pruner(spec)
+        return cls(storage, study_name, trial_id, pruner) if pruner is not None else None
+
+    def should_stop(self, epoch: int, epochs: int, val_acc: float) -> bool:
+        self.trial.report(val_acc, progress_step(epoch, epochs))
+        return epoch < epochs and self.trial.should_prune()
+
+    def pruned(self) -> None:
+        """Record the trial PRUNED (its value: the last reported accuracy)."""
+        self.trial.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
 
 
 def searched_keys(params: dict[str, Any] | None, arguments: list[str]) -> list[str]:
@@ -55,18 +120,47 @@ def check_search_space(config: DictConfig, keys: list[str]) -> None:
 _MISSING = object()
 
 
+def sweep_owner() -> str:
+    """Who runs a trial: this machine and the sweep's process id."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _owner_alive(owner: str | None) -> bool:
+    """Whether the sweep that started a trial still runs. Only a process on this machine
+    can be checked; one on another machine sharing the storage is taken to be alive."""
+    if owner is None:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
 def fail_stale_trials(storage: str | optuna.storages.BaseStorage, study_name: str) -> int:
-    """Trials left RUNNING by an interrupted sweep are marked FAIL (never counted as results)."""
+    """Trials left RUNNING by an interrupted sweep are marked FAIL (never counted as results);
+    those of a sweep still running (another process sharing the study) are left alone."""
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         return 0  # a new study
-    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    stale = [t for t in running if not _owner_alive(t.user_attrs.get("sweep_owner"))]
     store = optuna.storages.get_storage(storage)
     for trial in stale:
         store.set_trial_user_attr(trial._trial_id, "failure_reason", "left RUNNING by an interrupted sweep")
         store.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
     return len(stale)
+
+
+def quoted(value: str) -> str:
+    """A string as a Hydra override value, whatever characters it holds."""
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, study_name: str) -> dict[int, Any]:
@@ -93,6 +187,7 @@ def leaderboard(study: optuna.Study, runs: dict[int, Any]) -> list[dict[str, Any
             "val_acc": trial.value if trial.value is not None else "",
             "test_acc": metrics.get("test/acc", ""),
             "epochs": trial.params.get("trainer.epochs", run.data.params.get("trainer.epochs", "") if run else ""),
+            "epochs_run": int(metrics["epochs_run"]) if "epochs_run" in metrics else "",
             "train_seconds": round(metrics["train_seconds"], 1) if "train_seconds" in metrics else "",
             "wall_seconds": round((run.info.end_time - run.info.start_time) / 1000, 1)
             if run and run.info.end_time
@@ -101,7 +196,7 @@ def leaderboard(study: optuna.Study, runs: dict[int, Any]) -> list[dict[str, Any
         }
         row.update({k: v for k, v in trial.params.items() if k != "trainer.epochs"})
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["val_acc"] == "", -(r["val_acc"] or 0), r["trial"]))
+    return sorted(rows, key=lambda r: (STATE_ORDER.get(r["state"], 2), -(r["val_acc"] or 0), r["trial"]))
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -132,7 +227,10 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
         ("param_importances", ov.plot_param_importances),
         ("parallel_coordinate", ov.plot_parallel_coordinate),
         ("slice", ov.plot_slice),
+        ("intermediate_values", ov.plot_intermediate_values),
     ):
+        if name == "intermediate_values" and not any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+            continue  # a sweep without a pruner reports none
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -150,6 +248,7 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
 def trial_config(client: MlflowClient, run: Any | None, base: DictConfig | None, trial: Any) -> DictConfig:
     """The config a trial ran with: its MLflow run's config.yaml, else ``base`` with its params."""
     if run is not None:
+        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no bar
         with tempfile.TemporaryDirectory() as tmp:
             with contextlib.suppress(Exception):  # an old or remote run without the file
                 return OmegaConf.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp))
@@ -189,10 +288,17 @@ class TrackedSweep:
         self.config = config
         self.arguments = arguments
         self.best_path = Path(config.hydra.sweeper.get("best_config") or "")
+        spec = config.hydra.sweeper.get("pruner")
+        self.pruner_spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
 
     def run(self) -> None:
         impl, cfg = self.impl, self.config
         check_search_space(cfg, searched_keys(impl.params, self.arguments))
+        pruner = make_pruner(self.pruner_spec)
+        if pruner is not None and not isinstance(impl.storage, str):
+            raise ConfigError("hydra.sweeper.storage", impl.storage, "a storage URL when pruning (trials open it)")
+        if pruner is not None:
+            log.info("pruner: %s (trials report validation accuracy at each %% of their epochs)", type(pruner).__name__)
         if isinstance(impl.storage, str) and impl.storage.startswith("sqlite:///"):
             Path(impl.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         if stale := fail_stale_trials(impl.storage, impl.study_name):
@@ -269,14 +375,27 @@ class TrackedSweep:
             # so that model=best reruns the winner with the same arithmetic.
             extra.append(f"trainer.threads={max(1, (os.cpu_count() or 1) // impl.n_jobs)}")
 
+        if isinstance(impl.storage, str):
+            extra.append(f"sweep.storage={quoted(impl.storage)}")
+        pruning = make_pruner(self.pruner_spec) is not None
+        owner = sweep_owner()
+
         def with_identity(trials: list[optuna.trial.Trial], *args: Any) -> list[tuple[str, ...]]:
             overrides = configure(trials, *args)
+            for t in trials:
+                t.set_user_attr("sweep_owner", owner)
+                if pruning:
+                    t.set_user_attr("pruner", self.pruner_spec)  # the trial's job reads it from the storage
+                    # A pruned trial's job tells Optuna PRUNED itself; the official loop's
+                    # tell(COMPLETE) that follows must then leave the trial as it is.
+                    t.study.tell = functools.partial(type(t.study).tell, t.study, skip_if_finished=True)
             return [
                 (
                     *o,
                     *extra,
-                    f"sweep.study={impl.study_name}",
+                    f"sweep.study={quoted(impl.study_name)}",
                     f"sweep.trial={t.number}",
+                    f"sweep.trial_id={t._trial_id}",
                     f"sweep.parent_run_id={parent_id}",
                 )
                 for o, t in zip(overrides, trials, strict=True)
@@ -303,6 +422,7 @@ class TrackedSweep:
             plt.close(fig)
         completed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
         client.log_metric(parent_id, "trials_complete", len(completed))
+        client.log_metric(parent_id, "trials_pruned", len(study.get_trials(states=(optuna.trial.TrialState.PRUNED,))))
         if not completed:
             log.warning("no trial of study %s completed: best.yaml left as it is", impl.study_name)
             return

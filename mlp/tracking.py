@@ -131,6 +131,11 @@ def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], parent_run_i
             raise
 
 
+def mark_pruned(epochs_run: int) -> None:
+    """Tag the active run as a sweep trial that its pruner stopped early."""
+    mlflow.set_tags({"sweep.state": "PRUNED", "sweep.pruned_at_epoch": str(epochs_run)})
+
+
 def log_epoch(metrics: dict[str, float]) -> None:
     mlflow.log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step=int(metrics["epoch"]))
 

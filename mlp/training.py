@@ -139,10 +139,11 @@ def fit(
     batch_size: int,
     generator: torch.Generator,
     augment: Augment | None = None,
-    on_epoch: Callable[[dict[str, float]], None] = lambda metrics: None,
+    on_epoch: Callable[[dict[str, float]], bool | None] = lambda metrics: None,
     on_batch: Callable[[], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train for ``epochs``; after each, call ``on_epoch`` with that epoch's metrics."""
+    """Train for ``epochs``; after each, call ``on_epoch`` with that epoch's metrics.
+    ``on_epoch`` returning True stops training there (a pruned sweep trial)."""
     history = []
     for epoch in range(1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
@@ -162,5 +163,6 @@ def fit(
             "epoch_seconds": seconds,
         }
         history.append(metrics)
-        on_epoch(metrics)
+        if on_epoch(metrics):
+            break
     return history

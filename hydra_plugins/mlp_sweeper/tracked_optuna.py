@@ -1,6 +1,7 @@
 """The official Optuna sweeper with every one of its settings, plus what this project needs
 of a sweep: each trial is told its study and trial number, runs nested under one MLflow
-parent run, and the sweep ends by logging a leaderboard and Optuna's plots and by writing
+parent run, trials can be pruned (each reports every epoch to its Optuna trial), and
+the sweep ends by logging a leaderboard and Optuna's plots and by writing
 conf/model/best.yaml. The work is in mlp/sweeps.py; this class only wires it in."""
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 class TrackedOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "hydra_plugins.mlp_sweeper.tracked_optuna.TrackedOptunaSweeper"
     best_config: str | None = None  # where the sweep writes its best trial's config; null: nowhere
+    pruner: Any = None  # an Optuna pruner (_target_ + arguments); null or NopPruner: no pruning
 
 
 ConfigStore.instance().store(
@@ -25,8 +27,8 @@ ConfigStore.instance().store(
 
 
 class TrackedOptunaSweeper(OptunaSweeper):
-    def __init__(self, best_config: str | None = None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)  # best_config is read from the config in TrackedSweep
+    def __init__(self, best_config: str | None = None, pruner: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)  # best_config and pruner are read from the config in TrackedSweep
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
