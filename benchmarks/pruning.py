@@ -5,11 +5,13 @@ sampler seed and the same number of trials, each as a user runs it:
     python train.py -m hydra/sweeper=optuna hydra/sweeper/pruner=<none, then PRUNER> ...
 
 It prints the wall time of each, their ratio, the best validation accuracy of each and the
-difference, and how many trials were pruned. Studies, MLflow runs and Hydra's folders go
+difference, and how many trials were pruned; then, from the unpruned sweep's learning
+curves, how well a trial's validation accuracy part-way through predicts its final one
+(the information any pruner acts on). Studies, MLflow runs and Hydra's folders go
 to a temporary folder (or --keep DIR); conf/model/best.yaml is left as it is.
 
-    python benchmarks/pruning.py                        # 30 trials each on MNIST (about 30 minutes on 2 cores)
-    python benchmarks/pruning.py --pruner median --trials 40
+    python benchmarks/pruning.py                        # 30 trials each on MNIST (about 32 minutes on 2 cores)
+    python benchmarks/pruning.py --pruner hyperband --trials 40
     python benchmarks/pruning.py --quick                # a smoke run: 6 trials each on synthetic data (about a minute)
 """
 
@@ -22,10 +24,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
+from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
-PRUNERS = ("median", "successive_halving", "hyperband")
+PRUNERS = ("median", "successive_halving", "hyperband")  # conf/hydra/sweeper/pruner/*.yaml
 
 
 def sweep(folder: Path, name: str, pruner: str, trials: int, extra: list[str]) -> float:
@@ -57,9 +61,34 @@ def summary(folder: Path, name: str) -> dict[str, float]:
     }
 
 
+def early_vs_final(folder: Path, name: str, steps: tuple[int, ...] = (5, 10, 20, 30, 50, 75)) -> dict[int, float]:
+    """Spearman rank correlation, over the study's completed trials, between validation
+    accuracy at each step (% of the trial's epochs, as trials report it) and the final one."""
+    from mlp.sweeps import progress_step
+
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    curves = []
+    for run in client.search_runs(experiments, f"tags.`sweep.study` = '{name}' and tags.`sweep.trial` != ''"):
+        epochs = int(run.data.params["trainer.epochs"])
+        acc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/acc")}
+        if len(acc) == epochs:
+            curves.append((epochs, acc))
+
+    def ranks(values: list[float]) -> np.ndarray:
+        return np.argsort(np.argsort(values))
+
+    result = {}
+    for step in steps:  # each trial's first report at or after the step
+        early = [next(a[e] for e in range(1, n + 1) if progress_step(e, n) >= step) for n, a in curves]
+        final = [a[n] for n, a in curves]
+        result[step] = float(np.corrcoef(ranks(early), ranks(final))[0, 1])
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pruner", choices=PRUNERS, default="hyperband", help="the pruned sweep's pruner")
+    parser.add_argument("--pruner", choices=PRUNERS, default="median", help="the pruned sweep's pruner")
     parser.add_argument("--trials", type=int, default=None, help="trials per sweep (default 30; --quick: 6)")
     parser.add_argument("--quick", action="store_true", help="synthetic data: a smoke run of the benchmark")
     parser.add_argument("--keep", type=Path, default=None, help="keep studies and runs in this folder")
@@ -75,6 +104,7 @@ def main() -> None:
         names = {"none": f"bench-{stamp}-unpruned", a.pruner: f"bench-{stamp}-{a.pruner}"}
         seconds = {p: sweep(folder, n, p, trials, extra) for p, n in names.items()}
         results = {p: summary(folder, n) for p, n in names.items()}
+        correlation = early_vs_final(folder, names["none"])
 
     base, pruned = results["none"], results[a.pruner]
     print(f"\n{trials} trials each, same search space and sampler seed, {'synthetic' if a.quick else 'MNIST'} data")
@@ -84,6 +114,8 @@ def main() -> None:
         print(f"{label:<22}{seconds[p]:>9.1f}{r['best']:>14.4%}{r['complete']:>10}{r['pruned']:>8}{r['failed']:>8}")
     print(f"wall time ratio pruned/unpruned: {seconds[a.pruner] / seconds['none']:.3f}")
     print(f"best val acc difference pruned - unpruned: {100 * (pruned['best'] - base['best']):+.2f} percentage points")
+    print("how well validation accuracy part-way predicts the final one (Spearman, unpruned trials):")
+    print("  " + "   ".join(f"at {step}% of epochs: {rho:+.2f}" for step, rho in correlation.items()))
     if a.keep:
         print(f"studies and runs kept in {folder} (MLflow: sqlite:///{folder}/mlruns/mlflow.db)")
 

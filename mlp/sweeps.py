@@ -329,6 +329,10 @@ class TrackedSweep:
         except KeyboardInterrupt:
             status = "KILLED"
             raise
+        except ValueError as ex:  # the official sweeper ends by asking for study.best_trial
+            if (error := self._no_best_error()) is None:
+                raise
+            raise error from ex
         finally:
             try:
                 self._finish(client, experiment_id, parent_id)
@@ -336,6 +340,18 @@ class TrackedSweep:
                 client.set_terminated(parent_id, status)
         command, link = tracking.ui_hint(uri, experiment_id, parent_id)
         print(f"sweep logged to MLflow parent run {parent_id}\nbrowse it:  {command}\n            then open {link}")
+
+    def _no_best_error(self) -> UserError | None:
+        """One clear line when the sweep ended with no completed trial to call best."""
+        study = optuna.load_study(study_name=self.impl.study_name, storage=self.impl.storage)
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        if "COMPLETE" in states:
+            return None
+        return UserError(
+            f"no trial of study {self.impl.study_name!r} completed ({states.count('FAIL')} failed, "
+            f"{states.count('PRUNED')} pruned): there is no best trial; see each trial's failure_reason "
+            "in MLflow, then run more trials (hydra.sweeper.n_trials) or a gentler pruner"
+        )
 
     def _enqueue_base_config(self) -> None:
         """A new study's first trial is the base config's own values (by default the

@@ -3,6 +3,7 @@ process, and whole pruned sweeps through the real command line on tiny synthetic
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import optuna
@@ -35,6 +36,44 @@ def test_each_pruner_config_makes_optunas_own_pruner(name: str, expected: type) 
     with initialize_config_dir(config_dir=CONF):
         cfg = compose("config", ["hydra/sweeper=optuna", f"hydra/sweeper/pruner={name}"], return_hydra_config=True)
     assert isinstance(make_pruner(OmegaConf.to_container(cfg.hydra.sweeper.pruner)), expected)
+
+
+def extra_space(cfg: object, trial: optuna.trial.Trial) -> None:
+    """A custom_search_space extender (the official sweeper's setting), named by import path below."""
+    trial.suggest_float("extra", 0.0, 1.0)
+
+
+# The official sweeper instantiates custom_search_space without a whitelist; Hydra 1.4 warns.
+@pytest.mark.filterwarnings("ignore:hydra.utils.instantiate.. resolved _target_='tests.test_pruning.extra_space'")
+def test_every_setting_of_the_official_sweeper_keeps_working() -> None:
+    from hydra.core.plugins import Plugins
+    from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+
+    from hydra_plugins.mlp_sweeper.tracked_optuna import TrackedOptunaSweeper, TrackedOptunaSweeperConf
+
+    official = {f.name: f.type for f in dataclasses.fields(OptunaSweeperConf)}
+    ours = {f.name: f.type for f in dataclasses.fields(TrackedOptunaSweeperConf)}
+    assert official.items() <= ours.items()
+    overrides = [
+        "hydra/sweeper=optuna", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=7",
+        "hydra.sweeper.direction=minimize", "hydra.sweeper.storage=null", "hydra.sweeper.study_name=other",
+        "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=4", "hydra.sweeper.max_failure_rate=0.25",
+        "hydra.sweeper.custom_search_space=tests.test_pruning.extra_space",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=CONF):
+        cfg = compose("config", overrides, return_hydra_config=True)
+    sweeper = Plugins.instance()._instantiate(cfg.hydra.sweeper)  # as Hydra makes its sweeper
+    impl = sweeper.sweeper  # the official implementation, configured by the official settings
+    assert isinstance(sweeper, TrackedOptunaSweeper)
+    assert isinstance(impl.sampler, optuna.samplers.RandomSampler) and impl.sampler._rng.rng.randint(10**9) == (
+        optuna.samplers.RandomSampler(seed=7)._rng.rng.randint(10**9)
+    )
+    assert (impl.direction, impl.storage, impl.study_name) == ("minimize", None, "other")
+    assert (impl.n_trials, impl.n_jobs, impl.max_failure_rate) == (3, 4, 0.25)
+    trial = optuna.create_study().ask()
+    impl.custom_search_space_extender(cfg, trial)
+    assert 0.0 <= trial.params["extra"] <= 1.0
+    assert impl.params["model.num_layers"] == "range(2, 6)" and len(impl.params) == 8  # conf's search space
 
 
 @pytest.mark.parametrize(

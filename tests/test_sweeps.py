@@ -186,3 +186,16 @@ def test_trials_left_running_by_an_interruption_are_failed(tmp_path: Path) -> No
     assert states == ["COMPLETE", "FAIL", "RUNNING", "FAIL"]
     assert study.trials[1].user_attrs["failure_reason"] == "left RUNNING by an interrupted sweep"
     assert fail_stale_trials(storage, "new") == 0  # an unknown study is new, not an error
+
+
+def test_a_sweep_where_no_trial_completes_ends_with_one_clear_line(tmp_path: Path) -> None:
+    sweep = Sweep(tmp_path, study="none-complete")
+    done = run_train(*sweep.args(1, "optimizer=sgd", "optimizer.schedule=none", "optimizer.lr=1e30"), cwd=tmp_path)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: no trial of study 'none-complete' completed (1 failed, 0 pruned)"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert [t.state.name for t in sweep.study_trials()] == ["FAIL"]
+    (parent,) = sweep.runs("parent")
+    assert parent.info.status == "FAILED"
+    assert not sweep.best.exists()
