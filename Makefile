@@ -28,7 +28,7 @@ ui: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py $(ARGS)
 
-# Unpruned vs pruned sweep, 30 trials each (about 40 minutes on 2 cores; ARGS=--quick: 1 minute).
+# Unpruned vs pruned (median) sweep, 30 trials each (about 32 minutes on 2 cores; ARGS=--quick: 1 minute).
 bench-pruning: $(STAMP)
 	$(BIN)/python benchmarks/pruning.py $(ARGS)
 
