@@ -34,6 +34,15 @@ def _accepted_keys(object_type: Any) -> str:
     return ""
 
 
+def _raised_by_hydras_command_line(ex: BaseException) -> bool:
+    """Hydra reports a bad combination of its flags (e.g. -m with --cfg) as a ValueError
+    from the function that reads them, before any config is composed."""
+    tb = ex.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return isinstance(ex, ValueError) and tb is not None and tb.tb_frame.f_code.co_name == "_run_hydra"
+
+
 def one_line(ex: BaseException) -> str | None:
     """The message for an error a user can fix, or None for anything else (a bug)."""
     from hydra.errors import HydraException
@@ -41,6 +50,8 @@ def one_line(ex: BaseException) -> str | None:
 
     if isinstance(ex, UserError):
         return str(ex)
+    if _raised_by_hydras_command_line(ex):
+        return f"{ex} (python train.py --help lists the flags)"
     cause = ex.__cause__ if isinstance(ex.__cause__, OmegaConfBaseException) else ex
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None)

@@ -43,3 +43,13 @@ def test_corrupt_data_file_is_one_line_and_kept(tmp_path: Path) -> None:
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "train-images-idx3-ubyte is corrupt" in lines[0]
     assert (raw / "train-images-idx3-ubyte").read_bytes() == b"\0" * 1000
+
+
+@pytest.mark.slow
+def test_conflicting_hydra_flags_are_one_line(tmp_path: Path) -> None:
+    done = run_train("-m", "--cfg", "job", cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified "
+        "(python train.py --help lists the flags)"
+    ]
