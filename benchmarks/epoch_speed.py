@@ -57,7 +57,9 @@ def build(cfg, device: torch.device) -> tuple[MLP, torch.optim.Optimizer]:
     return model, training.make_optimizer(model, o.name, o.lr, o.weight_decay, beta1=o.beta1, beta2=o.beta2)
 
 
-def ours(cfg, device: torch.device, epochs: int, peak: Callable[[], float]) -> tuple[list, list, int, int]:
+def ours(
+    cfg, device: torch.device, epochs: int, peak: Callable[[], float]
+) -> tuple[list[float], list[float], int, int]:
     """Seconds of each training epoch (validation excluded), the matmul peak measured just
     before each (the machine's speed drifts: each epoch is compared with its own), images
     per epoch, FLOPs per image."""

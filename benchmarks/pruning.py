@@ -24,9 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import optuna
 from mlflow.tracking import MlflowClient
+from scipy.stats import spearmanr
+
+from mlp.sweeps import progress_step
 
 ROOT = Path(__file__).resolve().parent.parent
 PRUNERS = ("median", "successive_halving", "hyperband")  # conf/hydra/sweeper/pruner/*.yaml
@@ -64,8 +66,6 @@ def summary(folder: Path, name: str) -> dict[str, float]:
 def early_vs_final(folder: Path, name: str, steps: tuple[int, ...] = (5, 10, 20, 30, 50, 75)) -> dict[int, float]:
     """Spearman rank correlation, over the study's completed trials, between validation
     accuracy at each step (% of the trial's epochs, as trials report it) and the final one."""
-    from mlp.sweeps import progress_step
-
     client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
     experiments = [e.experiment_id for e in client.search_experiments()]
     curves = []
@@ -74,15 +74,11 @@ def early_vs_final(folder: Path, name: str, steps: tuple[int, ...] = (5, 10, 20,
         acc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val/acc")}
         if len(acc) == epochs:
             curves.append((epochs, acc))
-
-    def ranks(values: list[float]) -> np.ndarray:
-        return np.argsort(np.argsort(values))
-
+    final = [a[n] for n, a in curves]
     result = {}
     for step in steps:  # each trial's first report at or after the step
         early = [next(a[e] for e in range(1, n + 1) if progress_step(e, n) >= step) for n, a in curves]
-        final = [a[n] for n, a in curves]
-        result[step] = float(np.corrcoef(ranks(early), ranks(final))[0, 1])
+        result[step] = float(spearmanr(early, final).statistic)  # ties (equal accuracies) get mean ranks
     return result
 
 
