@@ -25,14 +25,15 @@ from omegaconf import OmegaConf
 
 from mlp.config import PROJECT_ROOT
 from mlp.errors import UserError
+from mlp.sweeps import state_counts, winner_file
 
 SWEEPER_CONF = PROJECT_ROOT / "conf" / "hydra" / "sweeper" / "optuna.yaml"
 
 
 def defaults() -> tuple[str, str, str]:
-    """(study name, storage URL, best.yaml path) as the sweeper config sets them."""
+    """(study name, storage URL, winner file) as the sweeper config sets them."""
     conf = OmegaConf.load(SWEEPER_CONF)
-    return conf.study_name, conf.storage, conf.best_config
+    return conf.study_name, conf.storage, winner_file(str(PROJECT_ROOT / "conf"), conf.study_name)
 
 
 def open_storage(url: str) -> str:
@@ -61,41 +62,30 @@ def mlflow_client():
     return MlflowClient(tracking.tracking_uri(tracking_cfg))
 
 
-def study_runs(client, study_name: str) -> dict:
-    from mlp.sweeps import trial_runs
-
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    runs: dict = {}
-    for experiment_id in experiments:
-        runs.update(trial_runs(client, experiment_id, study_name))
-    return runs
-
-
 def cmd_list(args: argparse.Namespace) -> None:
     storage = open_storage(args.storage)
     summaries = optuna.get_all_study_summaries(storage=storage)
     if not summaries:
         print(f"no studies in {storage}")
     for summary in summaries:
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        counts = state_counts(optuna.load_study(study_name=summary.study_name, storage=storage))
         best = f"{summary.best_trial.value:.4f} (trial {summary.best_trial.number})" if summary.best_trial else "-"
         print(
-            f"{summary.study_name}: {states.count('COMPLETE')} complete, {states.count('FAIL')} failed, "
-            f"{states.count('PRUNED')} pruned, {states.count('RUNNING')} running; best val acc {best}"
+            f"{summary.study_name}: {counts.get('COMPLETE', 0)} complete, {counts.get('FAIL', 0)} failed, "
+            f"{counts.get('PRUNED', 0)} pruned, {counts.get('RUNNING', 0)} running; best val acc {best}"
         )
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
-    from mlp.sweeps import leaderboard, markdown_table
+    from mlp.sweeps import leaderboard, markdown_table, trial_runs
 
     study = load_study(args.study, open_storage(args.storage))
-    rows = leaderboard(study, study_runs(mlflow_client(), args.study))
+    rows = leaderboard(study, trial_runs(mlflow_client(), study))
     print(markdown_table(rows[: args.top]), end="")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from mlp.sweeps import best_values, best_yaml, trial_config, write_best
+    from mlp.sweeps import best_values, trial_config, trial_runs, winner_yaml, write_atomic
 
     study = load_study(args.study, open_storage(args.storage))
     complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
@@ -108,10 +98,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     else:
         raise UserError(f"trial {args.trial} of {args.study!r} is not complete; complete trials: {sorted(complete)}")
     client = mlflow_client()
-    run = study_runs(client, args.study).get(trial.number)
-    values = best_values(trial_config(client, run, None, trial))
-    text = best_yaml(args.study, trial, values, run.info.run_id if run else "")
-    write_best(Path(args.out), text)
+    run = trial_runs(client, study).get(trial.number)
+    values = best_values(trial_config(client, run, trial))
+    out = Path(args.out)
+    write_atomic(out, winner_yaml(args.study, trial, values, run.info.run_id, out))
     print(f"wrote {args.out}: trial {trial.number}, validation accuracy {trial.value:.4f}")
 
 

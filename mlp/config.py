@@ -77,6 +77,7 @@ class TrainerConfig:
     device: str = MISSING
     threads: int = MISSING
     deterministic: bool = MISSING
+    val_every: int = MISSING
     progress: bool = MISSING
 
 
@@ -93,9 +94,9 @@ class TrackingConfig:
 class SweepConfig:
     study: str | None = None
     trial: int | None = None
-    parent_run_id: str | None = None
-    trial_id: int | None = None
+    run_id: str | None = None
     storage: str | None = None
+    slot: int | None = None
 
 
 @dataclass
@@ -117,10 +118,17 @@ def _parallel_jobs(n_jobs: int) -> int:
     return max(1, n_jobs if n_jobs > 0 else (os.cpu_count() or 1) + 1 + n_jobs)
 
 
+def _winner_file(study_name: str) -> str:
+    from mlp.sweeps import winner_file
+
+    return winner_file(str(PROJECT_ROOT / "conf"), study_name)
+
+
 def register() -> None:
     """Put the schemas in the ConfigStore; conf/ files name them in their defaults lists."""
     OmegaConf.register_resolver("project_root", _project_root, replace=True)
     OmegaConf.register_resolver("parallel_jobs", _parallel_jobs, replace=True)
+    OmegaConf.register_resolver("winner_file", _winner_file, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
     for group, name, node in (
@@ -160,6 +168,7 @@ def validate(cfg: DictConfig) -> None:
         _check(cfg, "optimizer.momentum", 0 <= o.momentum < 1, "a number in [0, 1)")
     _check(cfg, "trainer.epochs", t.epochs >= 1, "an integer >= 1")
     _check(cfg, "trainer.batch_size", t.batch_size >= 1, "an integer >= 1")
+    _check(cfg, "trainer.val_every", t.val_every >= 1, "an integer >= 1 (1: validate after every epoch)")
     _check(cfg, "trainer.threads", t.threads >= 0, "an integer >= 0 (0: one per core)")
     _check(
         cfg,

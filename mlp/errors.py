@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
@@ -34,13 +35,18 @@ def _accepted_keys(object_type: Any) -> str:
     return ""
 
 
+def first_line(ex: BaseException) -> str:
+    """An exception's first line of text, or its type's name when it has none."""
+    text = str(ex).strip()
+    return text.splitlines()[0] if text else type(ex).__name__
+
+
+# Hydra reports a bad combination of its flags (e.g. -m with --cfg) as a ValueError naming them.
+HYDRA_FLAG_ERROR = re.compile(r"--(run|multirun|cfg|info|resolve|shell.completion|experimental-rerun|config-name)\b")
+
+
 def _raised_by_hydras_command_line(ex: BaseException) -> bool:
-    """Hydra reports a bad combination of its flags (e.g. -m with --cfg) as a ValueError
-    from the function that reads them, before any config is composed."""
-    tb = ex.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return isinstance(ex, ValueError) and tb is not None and tb.tb_frame.f_code.co_name == "_run_hydra"
+    return type(ex) is ValueError and HYDRA_FLAG_ERROR.search(str(ex)) is not None
 
 
 def one_line(ex: BaseException) -> str | None:
@@ -96,14 +102,28 @@ def run_cli(main: Callable[[], Any]) -> None:
     HYDRA_FULL_ERROR=1 makes Hydra raise instead of printing its own multi-line report;
     a user who sets it themselves gets the full traceback.
     """
+    signal.signal(signal.SIGTERM, _interrupt)
     if os.environ.get("HYDRA_FULL_ERROR"):
         main()
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
+    except KeyboardInterrupt:
+        print(f"error: stopped by {_signal_name[0]}; the MLflow run(s) it had open ended KILLED", file=sys.stderr)
+        sys.exit(128 + _signal_number[0])
     except Exception as ex:  # noqa: BLE001 - sorted into user errors and bugs below
         message = one_line(ex)
         if message is None:
             raise
         _exit(message)
+
+
+_signal_name, _signal_number = ["SIGINT (Ctrl-C)"], [signal.SIGINT.value]
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (a scheduler's stop, `kill`) ends a run as Ctrl-C does: the code under way sees
+    KeyboardInterrupt, ends its MLflow run KILLED and its Optuna trial FAIL."""
+    _signal_name[0], _signal_number[0] = "SIGTERM", signum
+    raise KeyboardInterrupt

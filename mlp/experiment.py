@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -17,6 +18,7 @@ from omegaconf import DictConfig
 from mlp import config, data, plots, tracking, training
 from mlp.errors import ConfigError, in_sweep
 from mlp.model import MLP, describe
+from mlp.trial import TrialLink
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +42,23 @@ class RunResult:
         )
 
 
-def pick_device(name: str) -> torch.device:
+def local_rank(slot: int | None, env: Mapping[str, str] = os.environ) -> int:
+    """Which of this machine's workers or parallel trials this process is: the launcher's local
+    rank (torchrun's LOCAL_RANK, SLURM's SLURM_LOCALID), else the trial's slot in its batch."""
+    for key in ("LOCAL_RANK", "SLURM_LOCALID"):
+        if env.get(key, "").isdigit():
+            return int(env[key])
+    return slot or 0
+
+
+def pick_device(name: str, slot: int | None = None, cuda_count: int | None = None) -> torch.device:
+    """``auto``: CUDA when there is one; with several GPUs visible, each worker or parallel trial
+    on the machine takes its own (rank modulo the GPU count), else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        count = torch.cuda.device_count() if cuda_count is None else cuda_count
+        if count == 0:
+            return torch.device("cpu")
+        return torch.device(f"cuda:{local_rank(slot) % count}" if count > 1 else "cuda")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device", name, "auto or cpu: CUDA is not available on this machine")
@@ -87,7 +103,7 @@ def run(cfg: DictConfig) -> RunResult:
     """Train and test one MLP as ``cfg`` says, logging everything to MLflow."""
     config.validate(cfg)
     t, m, o, d = cfg.trainer, cfg.model, cfg.optimizer, cfg.data
-    device = pick_device(t.device)
+    device = pick_device(t.device, cfg.sweep.slot)
     generator = _set_up_torch(t)
     splits = data.load(
         d.name,
@@ -111,13 +127,10 @@ def run(cfg: DictConfig) -> RunResult:
     epoch_level = logging.DEBUG if sweeping else logging.INFO
     name = cfg.tracking.run_name or describe(m.num_layers, m.layer_size, m.activation)
     tags = tracking.run_tags(_overrides(), str(device), t.seed)
-    if cfg.sweep.study is not None:
-        tags.update({"sweep.study": cfg.sweep.study, "sweep.trial": str(cfg.sweep.trial), "sweep.dir": _sweep_dir()})
-    reporter = None
-    if cfg.sweep.trial_id is not None:
-        from mlp.sweeps import TrialReporter
-
-        reporter = TrialReporter.for_trial(cfg.sweep.storage, cfg.sweep.study, cfg.sweep.trial_id)
+    if cfg.sweep.trial is not None:  # a sweep trial: its run was opened by the sweeper, nested under the study's
+        name = f"trial-{cfg.sweep.trial:03d} {name}"
+        tags["sweep.dir"] = _sweep_dir()
+    link = TrialLink.open(cfg.sweep.storage, cfg.sweep.study, cfg.sweep.trial)  # None unless pruning
     log.info(
         "%s on %s: %d train / %d val / %d test images",
         name,
@@ -127,26 +140,30 @@ def run(cfg: DictConfig) -> RunResult:
         len(splits.test_x),
     )
 
-    with tracking.start_run(cfg, name, tags, parent_run_id=cfg.sweep.parent_run_id) as active:
+    with tracking.start_run(cfg, name, tags, run_id=cfg.sweep.run_id) as active:
         bar = _progress_bar(t.progress and not sweeping, steps_per_epoch)
 
         def on_epoch(metrics: dict[str, float]) -> bool:
             tracking.log_epoch(metrics)
             if bar is not None:
                 bar.reset()
+            val = (
+                f"val loss {metrics['val/loss']:.4f} acc {100 * metrics['val/acc']:.2f}%"
+                if "val/acc" in metrics
+                else ""
+            )
             log.log(
                 epoch_level,
-                "epoch %2d/%d  train loss %.4f acc %.2f%%  val loss %.4f acc %.2f%%  lr %.2e  %.1fs",
+                "epoch %2d/%d  train loss %.4f acc %.2f%%  %s  lr %.2e  %.1fs",
                 metrics["epoch"],
                 t.epochs,
                 metrics["train/loss"],
                 100 * metrics["train/acc"],
-                metrics["val/loss"],
-                100 * metrics["val/acc"],
+                val,
                 metrics["lr"],
                 metrics["epoch_seconds"],
             )
-            return reporter is not None and reporter.should_stop(int(metrics["epoch"]), t.epochs, metrics["val/acc"])
+            return link is not None and link.should_stop(int(metrics["epoch"]), t.epochs, metrics["val/acc"])
 
         try:
             history = training.fit(
@@ -163,6 +180,7 @@ def run(cfg: DictConfig) -> RunResult:
                 augment,
                 on_epoch,
                 on_batch=bar.update if bar else None,
+                val_every=1 if link is not None else t.val_every,  # a pruner judges every epoch
             )
         finally:
             if bar is not None:
@@ -210,8 +228,6 @@ def run(cfg: DictConfig) -> RunResult:
         if cfg.tracking.log_model:
             tracking.log_model(model, splits.test_x[:4].cpu().numpy())
 
-    if reporter is not None and epochs_run < t.epochs:
-        reporter.pruned()
     uri = tracking.tracking_uri(cfg.tracking)
     last = history[-1]
     log.info("%s: val acc %.2f%%, test acc %.2f%%", name, 100 * last["val/acc"], 100 * test.acc)

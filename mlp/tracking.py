@@ -44,6 +44,8 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
     absolute path, so runs launched from any working directory land in one place.
     """
     uri = tracking_uri(tracking)
+    if uri.startswith(("http://", "https://")):
+        check_server(uri)
     default_store = not tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI")
     if default_store:
         Path(tracking.dir).mkdir(parents=True, exist_ok=True)
@@ -63,6 +65,19 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
             f"MLflow tracking at {uri} is not usable: {first} (set tracking.uri or MLFLOW_TRACKING_URI)"
+        ) from e
+
+
+def check_server(uri: str) -> None:
+    """A tracking server that does not answer its health check is one line, not minutes of retries."""
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
+    except requests.RequestException as e:
+        raise UserError(
+            f"MLflow tracking at {uri} is not usable: its /health does not answer ({type(e).__name__}); "
+            "start the server (see scripts/services.py) or set tracking.uri / MLFLOW_TRACKING_URI"
         ) from e
 
 
@@ -112,20 +127,26 @@ def run_tags(overrides: list[str], device: str, seed: int) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], parent_run_id: str | None = None) -> Iterator[Any]:
-    """An MLflow run holding the resolved config (as params and as config.yaml).
+def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], run_id: str | None = None) -> Iterator[Any]:
+    """An MLflow run holding the resolved config (as params and as config.yaml); ``run_id``
+    resumes a run opened elsewhere (a sweep trial's, opened by the sweeper).
 
-    A run that raises ends FAILED (KILLED on Ctrl-C) with the reason in ``failure_reason``.
+    A run that raises ends FAILED with the reason in ``failure_reason``; interrupted (Ctrl-C,
+    SIGTERM), it ends KILLED.
     """
     _, experiment_id = use_experiment(cfg.tracking)
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=run_name, tags=tags, parent_run_id=parent_run_id
-    ) as run:
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+        if run_id is not None:
+            mlflow.set_tags(tags)
         resolved = OmegaConf.to_container(cfg, resolve=True)
         mlflow.log_params(flatten(resolved))
         mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         try:
             yield run
+        except KeyboardInterrupt:
+            mlflow.set_tag("failure_reason", "interrupted (Ctrl-C or SIGTERM)")
+            mlflow.end_run("KILLED")
+            raise
         except Exception as e:
             mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}"[:5000])
             raise

@@ -141,8 +141,10 @@ def fit(
     augment: Augment | None = None,
     on_epoch: Callable[[dict[str, float]], bool | None] = lambda metrics: None,
     on_batch: Callable[[], None] | None = None,
+    val_every: int = 1,
 ) -> list[dict[str, float]]:
-    """Train for ``epochs``; after each, call ``on_epoch`` with that epoch's metrics.
+    """Train for ``epochs``; after each, call ``on_epoch`` with that epoch's metrics (with
+    validation loss and accuracy after every ``val_every``-th epoch and the last).
     ``on_epoch`` returning True stops training there (a pruned sweep trial)."""
     history = []
     for epoch in range(1, epochs + 1):
@@ -152,16 +154,10 @@ def fit(
             model, train_x, train_y, optimizer, schedule, batch_size, generator, augment, on_batch
         )
         seconds = time.perf_counter() - start
-        val = evaluate(model, val_x, val_y)
-        metrics = {
-            "epoch": epoch,
-            "train/loss": train_loss,
-            "train/acc": train_acc,
-            "val/loss": val.loss,
-            "val/acc": val.acc,
-            "lr": lr,
-            "epoch_seconds": seconds,
-        }
+        metrics = {"epoch": epoch, "train/loss": train_loss, "train/acc": train_acc, "lr": lr, "epoch_seconds": seconds}
+        if epoch % val_every == 0 or epoch == epochs:
+            val = evaluate(model, val_x, val_y)
+            metrics.update({"val/loss": val.loss, "val/acc": val.acc})
         history.append(metrics)
         if on_epoch(metrics):
             break

@@ -43,14 +43,18 @@ def tiny_cfg(mlruns: Path):
     return make
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment of a command a user types: no tracking URI or Hydra flags of ours."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
+    return {**env, **extra}
+
+
 def run_train(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` in a subprocess, as a user runs it."""
-    full_env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
-    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd,
-        env=full_env,
+        env=subprocess_env(**(env or {})),
         capture_output=True,
         text=True,
         timeout=300,

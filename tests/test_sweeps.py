@@ -3,9 +3,10 @@ in a temporary folder."""
 
 from __future__ import annotations
 
-import socket
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -13,19 +14,20 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, run_train
+from mlp.sweeps import recorded_winner
+from tests.conftest import ROOT, run_train, subprocess_env
 
 pytestmark = pytest.mark.slow
 
 
 class Sweep:
-    """One temporary sweep set-up: storage, tracking store, sweep dir and best.yaml path."""
+    """One temporary sweep set-up: storage, tracking store, sweep dir and winner file."""
 
     def __init__(self, root: Path, study: str = "test"):
         self.root, self.study = root, study
         self.storage = f"sqlite:///{root}/optuna.db"
         self.mlruns = root / "mlruns"
-        self.best = root / "conf" / "model" / "best.yaml"
+        self.best = root / "conf" / "model" / f"best_{study}.yaml"
 
     def args(self, n_trials: int, *extra: str) -> list[str]:
         epochs = [] if any(e.startswith("trainer.epochs=") for e in extra) else ["trainer.epochs=1"]
@@ -54,7 +56,7 @@ class Sweep:
         return [r for r in runs if ("mlflow.parentRunId" in r.data.tags) == (role == "child")]
 
     def sweep_py(self, *args: str) -> subprocess.CompletedProcess:
-        env = {"MLFLOW_TRACKING_URI": f"sqlite:///{self.mlruns}/mlflow.db", "PATH": "/usr/bin:/bin"}
+        env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{self.mlruns}/mlflow.db")
         return subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, "--storage", self.storage],
                               capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
 
@@ -65,61 +67,59 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
     sweep = Sweep(tmp_path_factory.mktemp("sweep"))
     sweep.run(2)
     sweep.first_params = [t.params for t in sweep.study_trials()]
+    sweep.first_winner = sweep.best.read_text()
     sweep.run(1)
     return sweep
 
 
-def test_running_again_continues_the_study(swept: Sweep) -> None:
+def test_running_again_continues_the_study_with_new_configurations(swept: Sweep) -> None:
     trials = swept.study_trials()
     assert [t.number for t in trials] == [0, 1, 2]
-    assert [t.params for t in trials[:2]] == swept.first_params  # kept, not repeated
+    assert [t.params for t in trials[:2]] == swept.first_params  # kept
+    assert trials[2].params not in swept.first_params  # not asked again
     assert trials[0].user_attrs["reference"] == "base config"  # a new study starts from the defaults
     assert trials[0].params["model.num_layers"] == 4 and trials[0].params["model.activation"] == "leaky_relu"
+    study = optuna.load_study(study_name=swept.study, storage=swept.storage)
+    assert study.user_attrs["fixed_config"]["data.name"] == "synthetic"
 
 
-def test_sweep_leaves_trials_parents_and_children(swept: Sweep) -> None:
+def test_one_parent_run_per_study_and_a_child_per_trial(swept: Sweep) -> None:
     trials = swept.study_trials()
     assert [t.state.name for t in trials] == ["COMPLETE"] * 3
-    parents = [r for r in swept.runs("parent") if r.data.tags.get("sweep.role") == "parent"]
-    first, second = sorted(parents, key=lambda r: r.info.start_time)
-    children = swept.runs("child")
-    assert len(children) == 3
-    by_parent = {}
-    for child in children:
-        by_parent.setdefault(child.data.tags["mlflow.parentRunId"], []).append(int(child.data.tags["sweep.trial"]))
-    assert {k: sorted(v) for k, v in by_parent.items()} == {first.info.run_id: [0, 1], second.info.run_id: [2]}
-    parent = second
-    assert sorted(int(c.data.tags["sweep.trial"]) for c in children) == [0, 1, 2]
-    assert {c.data.tags["sweep.study"] for c in children} == {"test"}
+    (parent,) = [r for r in swept.runs("parent") if r.data.tags.get("sweep.role") == "parent"]
+    assert parent.info.status == "FINISHED"
+    children = {c.info.run_id: c for c in swept.runs("child")}
+    assert len(children) == 3 and {c.data.tags["mlflow.parentRunId"] for c in children.values()} == {parent.info.run_id}
     client = swept.client()
-    for child in children:
-        names = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"confusion_matrix.png", "confusion_matrix.csv"} <= names
-        trial = trials[int(child.data.tags["sweep.trial"])]
+    for trial in trials:
+        child = children[trial.user_attrs["mlflow_run_id"]]  # the trial knows its run
+        assert child.data.tags["sweep.trial"] == str(trial.number)
+        assert child.info.run_name.startswith(f"trial-{trial.number:03d} mlp-")
+        assert {"confusion_matrix.png", "confusion_matrix.csv"} <= {
+            a.path for a in client.list_artifacts(child.info.run_id)
+        }
         assert child.data.metrics["val/acc"] == pytest.approx(trial.value)  # the objective is validation accuracy
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"leaderboard.csv", "leaderboard.md", "optimization_results.yaml"} <= parent_files
+    assert {"leaderboard.csv", "leaderboard.md", "study_fixed_config.json"} <= parent_files
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "optuna")} >= {"optuna/optimization_history.png"}
     assert parent.data.metrics["best/val_acc"] == max(t.value for t in trials)
-    # The second sweep kept the best.yaml that the first one wrote.
-    assert [a.path for a in client.list_artifacts(second.info.run_id, "previous")] == ["previous/best.yaml"]
-    assert not list(client.list_artifacts(first.info.run_id, "previous"))
+    assert parent.data.metrics["trials_complete"] == 3
 
 
-def test_best_yaml_holds_the_best_trial_and_reproduces_it(swept: Sweep) -> None:
+def test_winner_file_holds_the_best_trial_and_reproduces_it(swept: Sweep) -> None:
     best = max(swept.study_trials(), key=lambda t: t.value)
     text = swept.best.read_text()
     assert text.startswith("# @package _global_")
-    assert f"trial {best.number}," in text
+    assert recorded_winner(swept.best) == (swept.study, best.number)
+    if best.number < 2:  # the third trial did not win: the file was left as it was
+        assert text == swept.first_winner
     values = yaml.safe_load(text)
     for key, value in best.params.items():
         section, name = key.split(".")
         assert values[section][name] == pytest.approx(value), key
 
-    # The test's best.yaml under a name of its own (the repo ships a conf/model/best.yaml).
-    (swept.best.parent / "swept_best.yaml").write_text(text)
     done = run_train(
-        "model=swept_best", "data=synthetic", f"hydra.searchpath=[file://{swept.root}/conf]",
+        f"model=best_{swept.study}", "data=synthetic", f"hydra.searchpath=[file://{swept.root}/conf]",
         f"tracking.dir={swept.mlruns}", "tracking.log_model=false", f"hydra.run.dir={swept.root}/rerun", cwd=swept.root,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
@@ -137,55 +137,74 @@ def test_sweep_py_leaderboard_list_and_export(swept: Sweep) -> None:
     assert lines[0].startswith("| trial | state | val_acc | test_acc") and len(lines) == 4
     best = max(swept.study_trials(), key=lambda t: t.value)
     assert lines[2].startswith(f"| {best.number} | COMPLETE | {best.value:.4f}")
+    assert best.user_attrs["mlflow_run_id"] in lines[2]  # joined by the run id stored on the trial
     out = swept.root / "exported.yaml"
     export = swept.sweep_py("export", "test", "--trial", "1", "--out", str(out))
     assert export.returncode == 0, export.stderr
     trial = swept.study_trials()[1]
     values = yaml.safe_load(out.read_text())
     assert values["model"]["num_layers"] == trial.params["model.num_layers"]
+    assert recorded_winner(out) == ("test", 1)
     missing = swept.sweep_py("leaderboard", "nope")
     assert missing.returncode == 2 and missing.stderr.strip() == (
         f"error: no study 'nope' in {swept.storage}; studies there: test"
     )
 
 
+def test_a_study_refuses_a_sweep_with_another_fixed_config(swept: Sweep) -> None:
+    done = run_train(*swept.args(1, "data.num_train=300"), cwd=swept.root)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: study 'test' was created with another fixed config (data.num_train: study 600, now 300): "
+        "its trials would not be comparable; use another hydra.sweeper.study_name"
+    )
+    assert len(swept.study_trials()) == 3  # nothing written
+
+
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     sweep = Sweep(tmp_path, study="fail")
-    sweep.run(4, "optimizer=sgd", "optimizer.schedule=none", "optimizer.lr=choice(0.01,1e30)",
-             )  # fmt: skip
+    sweep.run(4, "optimizer=sgd", "optimizer.schedule=none", "optimizer.lr=choice(0.01,1e30)")
     states = {t.params["optimizer.lr"]: t.state.name for t in sweep.study_trials()}
     assert states == {0.01: "COMPLETE", 1e30: "FAIL"}
-    children = sweep.runs("child")
-    failed = [c for c in children if c.info.status == "FAILED"]
+    failed = [c for c in sweep.runs("child") if c.info.status == "FAILED"]
     assert failed and all("non-finite" in c.data.tags["failure_reason"] for c in failed)
+    assert [t.user_attrs["failure_reason"] for t in sweep.study_trials() if t.state.name == "FAIL"][0].startswith(
+        "DivergedError"
+    )
     assert sweep.best.exists()  # written from the trials that completed
 
 
-def test_unknown_search_key_stops_before_any_trial(tmp_path: Path) -> None:
-    sweep = Sweep(tmp_path, study="typo")
-    done = run_train(*sweep.args(2, "model.layerz=choice(1,2)"), cwd=tmp_path)
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("model.layerz=choice(1,2)",), "error: hydra.sweeper.params.model.layerz"),
+        (("optimizer.lr=interval(0.1, 0.01)",), "error: search space: optimizer.lr=interval(0.1, 0.01): low 0.1 is"),
+        (("hydra.sweeper.storage=garbage",), "error: hydra.sweeper.storage='garbage' is not accepted: expected an"),
+        (("hydra.sweeper.storage=postgresql://nobody@127.0.0.1:9/optuna",), "error: hydra.sweeper.storage='postgresql"),
+        (("tracking.uri=http://127.0.0.1:9",), "error: MLflow tracking at http://127.0.0.1:9 is not usable"),
+    ],
+)
+def test_bad_sweep_input_stops_before_anything_is_written(tmp_path: Path, extra: tuple, message: str) -> None:
+    sweep = Sweep(tmp_path, study="bad")
+    done = run_train(*sweep.args(2, *extra), cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(message), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "optuna.db").exists() or not optuna.get_all_study_names(sweep.storage)
+
+
+def test_a_study_with_another_direction_is_refused(tmp_path: Path) -> None:
+    sweep = Sweep(tmp_path, study="down")
+    optuna.create_study(study_name="down", storage=sweep.storage, direction="minimize")
+    done = run_train(*sweep.args(1), cwd=tmp_path)
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: hydra.sweeper.params.model.layerz")
-    assert not (tmp_path / "mlruns").exists() or not sweep.runs("child")
-
-
-def test_trials_left_running_by_an_interruption_are_failed(tmp_path: Path) -> None:
-    from mlp.sweeps import fail_stale_trials, sweep_owner
-
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    study = optuna.create_study(study_name="cut", storage=storage, direction="maximize")
-    study.tell(study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
-    study.ask()  # a trial whose process was killed: RUNNING forever
-    alive = study.ask()  # a trial of another sweep, still running, sharing the study
-    alive.set_user_attr("sweep_owner", sweep_owner())
-    ended = subprocess.Popen(["true"])
-    ended.wait()
-    study.ask().set_user_attr("sweep_owner", f"{socket.gethostname()}:{ended.pid}")  # its sweep was killed
-    assert fail_stale_trials(storage, "cut") == 2
-    states = [t.state.name for t in optuna.load_study(study_name="cut", storage=storage).trials]
-    assert states == ["COMPLETE", "FAIL", "RUNNING", "FAIL"]
-    assert study.trials[1].user_attrs["failure_reason"] == "left RUNNING by an interrupted sweep"
-    assert fail_stale_trials(storage, "new") == 0  # an unknown study is new, not an error
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: study 'down' maximises/minimises differently: it was created with direction minimize")
+    )
+    assert not sweep.study_trials()
 
 
 def test_a_sweep_where_no_trial_completes_ends_with_one_clear_line(tmp_path: Path) -> None:
@@ -197,5 +216,34 @@ def test_a_sweep_where_no_trial_completes_ends_with_one_clear_line(tmp_path: Pat
     assert "Traceback" not in done.stderr
     assert [t.state.name for t in sweep.study_trials()] == ["FAIL"]
     (parent,) = sweep.runs("parent")
-    assert parent.info.status == "FAILED"
+    assert parent.info.status == "FINISHED"  # the study's parent: its sweep ran; the trial's run says FAILED
     assert not sweep.best.exists()
+
+
+def test_sigint_ends_a_sweep_with_its_trial_fail_and_its_runs_killed(tmp_path: Path) -> None:
+    sweep = Sweep(tmp_path, study="stopped")
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *sweep.args(3, "trainer.epochs=200")],
+        cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (sweep.mlruns.exists() and _has_running_child(sweep)):
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the epochs
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines()[-1].startswith("error: stopped by SIGINT (Ctrl-C)")
+    assert "Traceback" not in stderr
+    (trial,) = sweep.study_trials()
+    assert trial.state.name == "FAIL" and trial.user_attrs["failure_reason"] == "interrupted"
+    (child,) = sweep.runs("child")
+    (parent,) = sweep.runs("parent")
+    assert child.info.status == "KILLED" and parent.info.status == "KILLED"
+
+
+def _has_running_child(sweep: Sweep) -> bool:
+    try:
+        return any(r.info.status == "RUNNING" and "epoch_seconds" in r.data.metrics for r in sweep.runs("child"))
+    except Exception:  # noqa: BLE001 - the store is being created
+        return False

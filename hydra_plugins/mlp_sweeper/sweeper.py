@@ -1,0 +1,46 @@
+"""The project's Optuna sweeper for Hydra: `python train.py -m hydra/sweeper=optuna`.
+
+Its settings are the official hydra-optuna-sweeper's (its config schema and sampler configs
+are reused as they are) plus a pruner, the winner file and Optuna's heartbeat. The loop is the
+project's own, on public APIs only: mlp/sweeper.py.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
+from omegaconf import DictConfig
+
+
+@dataclass
+class StudySweeperConf(OptunaSweeperConf):
+    _target_: str = "hydra_plugins.mlp_sweeper.sweeper.StudySweeper"
+    best_config: str | None = None  # the study's winner file; null: none is written
+    pruner: Any = None  # an Optuna pruner (_target_ + arguments); null or NopPruner: no pruning
+    heartbeat_interval: float = 10.0  # seconds between heartbeats of a running trial (RDB storages)
+    grace_period: float = 30.0  # a trial with no heartbeat for this long is failed (its worker died)
+    max_retry: int = 1  # times a dead worker's trial is run again by another worker
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="study_sweeper_schema", node=StudySweeperConf, provider="mlp")
+
+
+class StudySweeper(Sweeper):
+    def __init__(self, **settings: Any) -> None:
+        pass  # the settings are read from the composed config in sweep(), with the rest of it
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def sweep(self, arguments: list[str]) -> None:
+        from mlp.sweeper import StudySweep, quiet_optuna
+
+        with quiet_optuna():
+            StudySweep(self.config, self.launcher, arguments).run()

@@ -1,0 +1,546 @@
+"""The sweep worker: asks Optuna for trials, launches them through Hydra's launcher, tells
+Optuna how they ended. One worker is one `python train.py -m hydra/sweeper=optuna`; any number
+of them, on one machine or many, join one study through its storage URL.
+
+What a worker does, in order:
+1. checks everything it was given (search space, pruner, storage, tracking server, the study's
+   direction and fixed config) before it writes anything;
+2. creates the study, or joins it: whichever worker creates it records the study's fixed config
+   (everything not searched), opens the study's one MLflow parent run, and enqueues the base
+   config as the first trial;
+3. runs ``n_trials`` trials, ``n_jobs`` at a time. The sampler is built afresh for every trial
+   with a seed derived from the study's seed and the trial number, so workers never ask the
+   same point twice and a study is reproducible trial by trial. While trials run the worker
+   records Optuna's heartbeat for them; before each ask it fails the trials whose worker
+   stopped sending one (any machine), ends their MLflow runs KILLED, and Optuna's
+   ``RetryHeartbeatStaleTrialCallback`` enqueues their configuration once more;
+4. before it ends, it runs retries that are still waiting and waits (at most one grace period)
+   for trials of workers that may have died; then it logs the leaderboard and Optuna's plots to
+   the parent run, updates the study's winner file if the best trial changed, and ends the
+   parent run when no trial of the study is running any more.
+
+A trial's MLflow run is created here, nested under the parent, and its id stored on the Optuna
+trial (user attribute ``mlflow_run_id``); the job resumes that run. Everything Optuna- or
+MLflow-specific goes through public APIs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import optuna
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from mlp import sweeps, tracking
+from mlp.errors import ConfigError, UserError, first_line
+from mlp.search_space import SearchSpace
+from mlp.trial import open_storage
+
+log = logging.getLogger(__name__)
+# Heartbeats, their stale-trial callback and fail_stale_trials are "experimental" in Optuna 5
+# (since 2.8); they are what Optuna offers for dead workers, and this project pins Optuna.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+# Keys that say where or how fast a trial runs, not what it trains: workers may differ in them.
+RUNTIME_KEYS = ("trainer.device", "trainer.threads", "trainer.progress", "data.root")
+PRUNER_CHOICES = (
+    "hydra/sweeper/pruner=none|median|successive_halving|hyperband, "
+    "or a mapping with _target_: optuna.pruners.<Class> and its arguments"
+)
+STORAGE_CHOICES = "an Optuna RDB storage URL, e.g. sqlite:////abs/path/optuna.db or postgresql://user@host:5432/db"
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+
+
+def make_pruner(spec: Any) -> optuna.pruners.BasePruner | None:
+    """The Optuna pruner a ``hydra.sweeper.pruner`` config asks for; None for no pruning."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("_target_"), str):
+        raise ConfigError("hydra.sweeper.pruner", spec, PRUNER_CHOICES)
+    from hydra.utils import instantiate
+
+    try:
+        pruner = instantiate(spec, _execution_whitelist_="optuna.pruners.*")
+    except Exception as e:
+        raise UserError(
+            f"hydra.sweeper.pruner: cannot make {spec['_target_']} ({first_line(e)}); expected {PRUNER_CHOICES}"
+        ) from e
+    if not isinstance(pruner, optuna.pruners.BasePruner):
+        raise ConfigError("hydra.sweeper.pruner", spec, PRUNER_CHOICES)
+    return None if isinstance(pruner, optuna.pruners.NopPruner) else pruner
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    """A trial's sampler seed: a function of the study's seed and the trial number only."""
+    return int(np.random.SeedSequence([study_seed, number]).generate_state(1)[0])
+
+
+class PerTrialSampler(optuna.samplers.BaseSampler):
+    """The configured sampler, made anew for each trial with ``trial_seed(seed, number)``.
+
+    Optuna samplers keep what they learn in the study storage, so a fresh one sees every
+    worker's trials; only its random state is per trial. With one fixed seed per process,
+    two workers (or a resumed sweep) would propose the same points."""
+
+    def __init__(self, make: Callable[[int | None], optuna.samplers.BaseSampler], seed: int | None):
+        self.make, self.seed = make, seed
+        self.current = make(seed)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.current = self.make(None if self.seed is None else trial_seed(self.seed, trial.number))
+        self.current.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):  # noqa: ANN001, ANN201 - Optuna's signature
+        return self.current.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
+        return self.current.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
+        return self.current.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values):  # noqa: ANN001, ANN201
+        self.current.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self.current.reseed_rng()
+
+
+def sampler_factory(spec: DictConfig, space: SearchSpace) -> Callable[[int | None], optuna.samplers.BaseSampler]:
+    """Build the sampler of ``hydra.sweeper.sampler`` (the official configs) with a given seed."""
+    from hydra.utils import instantiate
+
+    def make(seed: int | None) -> optuna.samplers.BaseSampler:
+        sampler = instantiate(
+            spec, seed=seed, _execution_whitelist_=("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
+        )
+        return sampler(space.grid()) if callable(sampler) else sampler  # the grid sampler is a partial
+
+    try:
+        make(0)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"hydra.sweeper.sampler: cannot make {spec.get('_target_')} ({first_line(e)})") from e
+    return make
+
+
+def fixed_config(config: DictConfig, searched: set[str]) -> dict[str, Any]:
+    """What defines the experiment apart from the searched keys: the task config, flattened."""
+    task = OmegaConf.to_container(
+        OmegaConf.masked_copy(config, ["model", "optimizer", "data", "trainer"]), resolve=True
+    )
+    flat = tracking.flatten(task)
+    return {k: v for k, v in sorted(flat.items()) if k not in searched and k not in RUNTIME_KEYS}
+
+
+def check_search_space(config: DictConfig, keys: list[str]) -> None:
+    """An unknown key would fail every trial: stop before the first."""
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    for key in keys:
+        if (
+            key.startswith(("hydra.", "hydra/", "+", "~"))
+            or "/" in key
+            or key in ("model", "optimizer", "data", "trainer")
+        ):
+            continue  # Hydra's own keys, additions, deletions and group choices are checked by Hydra
+        if OmegaConf.select(task, key, default=_MISSING) is _MISSING:
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}", "", "a key of the training config (see python train.py --cfg job)"
+            )
+
+
+_MISSING = object()
+
+
+class Heartbeat:
+    """Records Optuna's heartbeat for the trials this worker has in flight, every ``interval`` s."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_ids: list[int], interval: float):
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.beat, name="optuna-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        while True:
+            for trial_id in self.trial_ids:
+                with contextlib.suppress(Exception):  # a blip of the database: the next beat retries
+                    self.storage.record_heartbeat(trial_id)
+            if self.stopped.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+class EndRunAndRetry(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """For a trial whose worker died: end its MLflow run KILLED, then enqueue it again once."""
+
+    def __init__(self, client: MlflowClient, max_retry: int):
+        super().__init__(max_retry=max_retry)
+        self.client = client
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        reason = "its worker stopped sending heartbeats (killed, or its machine died)"
+        log.warning("trial %d: %s; marked FAIL", trial.number, reason)
+        end_run(self.client, trial.user_attrs.get("mlflow_run_id"), "KILLED", reason)
+        super().__call__(study, trial)
+
+
+def end_run(client: MlflowClient, run_id: str | None, status: str, reason: str | None = None) -> None:
+    """End an MLflow run that is still RUNNING (a job that ended it itself keeps its status)."""
+    if not run_id:
+        return
+    with contextlib.suppress(Exception):
+        if client.get_run(run_id).info.status == "RUNNING":
+            if reason:
+                client.set_tag(run_id, "failure_reason", reason[:5000])
+            client.set_terminated(run_id, status)
+
+
+def quoted(value: str) -> str:
+    """A string as a Hydra override value, whatever characters it holds."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class StudySweep:
+    """One worker's part of a study (see the module docstring)."""
+
+    def __init__(self, config: DictConfig, launcher: Any, arguments: list[str]):
+        s = config.hydra.sweeper
+        self.config, self.launcher, self.settings = config, launcher, s
+        self.study_name: str = s.study_name or "mnist-mlp"
+        self.n_trials, self.n_jobs = int(s.n_trials), max(1, int(s.n_jobs))
+        params = [f"{k}={v}" for k, v in (s.params or {}).items()]
+        self.space = SearchSpace.parse(params + list(arguments))
+        check_search_space(config, list(self.space.distributions) + [f.split("=", 1)[0] for f in self.space.fixed])
+        spec = s.get("pruner")
+        self.pruner_spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
+        self.pruning = make_pruner(self.pruner_spec) is not None
+        directions = list(s.direction) if OmegaConf.is_list(s.direction) else [s.direction]
+        directions = [getattr(d, "name", d) for d in directions]
+        if len(directions) != 1:
+            raise ConfigError("hydra.sweeper.direction", directions, "one direction: train.py returns one value")
+        self.direction = optuna.study.StudyDirection[str(directions[0]).upper()]
+        self.extend = None
+        if s.custom_search_space:
+            from hydra.utils import get_method
+
+            self.extend = get_method(s.custom_search_space)
+        seed = s.sampler.get("seed")
+        self.sampler = PerTrialSampler(sampler_factory(s.sampler, self.space), seed)
+        self.heartbeat_interval, self.grace = float(s.heartbeat_interval), float(s.grace_period)
+        self.job_idx = 0
+        self.mine: list[int] = []  # numbers of the trials this worker ran
+
+    # -- joining -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Check the tracking store and the storage, then create or join the study."""
+        cfg = self.config
+        self.uri, self.experiment_id = tracking.use_experiment(cfg.tracking)
+        self.client = MlflowClient(self.uri)
+        url = self.settings.storage
+        if url is None:
+            if self.pruning:
+                raise ConfigError("hydra.sweeper.storage", None, "a storage URL when pruning (trials open it)")
+            self.storage: Any = optuna.storages.InMemoryStorage()
+            self.rdb = None
+        else:
+            url = str(url)
+            if url.startswith("sqlite:///"):
+                os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
+            try:
+                self.rdb = open_storage(
+                    url,
+                    heartbeat_interval=max(1, int(self.heartbeat_interval)),
+                    grace_period=max(2, int(self.grace)),
+                    heartbeat_stale_trial_callback=EndRunAndRetry(self.client, int(self.settings.max_retry)),
+                )
+            except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a server that does not answer
+                raise ConfigError("hydra.sweeper.storage", url, f"{STORAGE_CHOICES} ({first_line(e)})") from e
+            self.storage = self.rdb
+        fixed = fixed_config(cfg, set(self.space.distributions))
+        try:
+            study = optuna.create_study(
+                study_name=self.study_name, storage=self.storage, sampler=self.sampler, direction=self.direction
+            )
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage, sampler=self.sampler)
+            created = False
+        self.study = study
+        if created:
+            self.parent_id = self.create_parent(fixed)
+        else:
+            self.check_joined(fixed)
+        self.study_id = self.storage.get_study_id_from_name(self.study_name)
+        self.client.update_run(self.parent_id, status="RUNNING")
+        log.info(
+            "study %s (%s): %s; this worker runs %d trial(s), %d at a time; MLflow parent run %s",
+            self.study_name,
+            url or "in memory",
+            "created" if created else f"joined ({len(study.trials)} trials so far)",
+            self.n_trials,
+            self.n_jobs,
+            self.parent_id,
+        )
+
+    def create_parent(self, fixed: dict[str, Any]) -> str:
+        """The study's creator: its parent run, its fixed config, its reference trial."""
+        study = self.study
+        parent = self.client.create_run(
+            self.experiment_id,
+            run_name=f"study {self.study_name}",
+            tags={"sweep.study": self.study_name, "sweep.role": "parent", "sweep.storage": str(self.settings.storage)},
+        )
+        study.set_user_attr("fixed_config", fixed)
+        study.set_user_attr("mlflow_tracking_uri", self.uri)
+        study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+        self.client.log_dict(parent.info.run_id, fixed, "study_fixed_config.json")
+        base = {key: OmegaConf.select(self.config, key) for key in self.space.distributions}
+        if self.space.contains(base):
+            study.enqueue_trial(base, user_attrs={"reference": "base config"})
+        else:
+            log.info("the base config is outside the search space: no reference trial")
+        return parent.info.run_id
+
+    def check_joined(self, fixed: dict[str, Any]) -> None:
+        """A worker joining a study: same direction, same fixed config; wait for the creator to
+        finish setting the study up (it is a few database writes behind)."""
+        study = self.study
+        if study.direction != self.direction:
+            raise UserError(
+                f"study {self.study_name!r} maximises/minimises differently: it was created with direction "
+                f"{study.direction.name.lower()}, this sweep asks {self.direction.name.lower()} "
+                "(use another hydra.sweeper.study_name)"
+            )
+        deadline = time.monotonic() + 60
+        while "mlflow_parent_run_id" not in (attrs := study.user_attrs):
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"study {self.study_name!r} has no MLflow parent run recorded: it was made by an older "
+                    "version or its creator died while setting it up (use another hydra.sweeper.study_name)"
+                )
+            time.sleep(0.5)
+        recorded = attrs.get("fixed_config", {})
+        differing = sorted(k for k in recorded.keys() | fixed.keys() if recorded.get(k, "-") != fixed.get(k, "-"))
+        if differing:
+            shown = ", ".join(f"{k}: study {recorded.get(k, '-')!r}, now {fixed.get(k, '-')!r}" for k in differing[:4])
+            more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
+            raise UserError(
+                f"study {self.study_name!r} was created with another fixed config ({shown}{more}): "
+                "its trials would not be comparable; use another hydra.sweeper.study_name"
+            )
+        self.parent_id = attrs["mlflow_parent_run_id"]
+        try:
+            self.client.get_run(self.parent_id)
+        except Exception as e:  # noqa: BLE001
+            raise UserError(
+                f"study {self.study_name!r} logs to MLflow run {self.parent_id} at {attrs.get('mlflow_tracking_uri')}, "
+                f"which {self.uri} does not have: point MLFLOW_TRACKING_URI there, or use another study_name"
+            ) from e
+
+    # -- trials --------------------------------------------------------------------------
+
+    def ask(self, slot: int) -> tuple[optuna.trial.Trial, list[str]]:
+        """A new trial (or a waiting one: the reference config, a retry), its MLflow run, its overrides."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we record it
+            trial = self.study.ask()
+        trial_id = self.trial_id(trial)
+        if self.rdb is not None:
+            self.rdb.record_heartbeat(trial_id)  # at once: a trial with no heartbeat is never found dead
+        overrides = self.space.suggest(trial)
+        if self.extend is not None:
+            self.extend(self.config, trial)
+            overrides = self.space.overrides(trial.params)
+        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(
+            self.storage.get_trial(trial_id)
+        )
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=f"trial-{trial.number:03d}",
+            tags={
+                "mlflow.parentRunId": self.parent_id,
+                "sweep.study": self.study_name,
+                "sweep.trial": str(trial.number),
+                "sweep.dir": str(self.config.hydra.sweep.dir),
+                **({"sweep.retry_of": str(retry_of)} if retry_of is not None else {}),
+            },
+        )
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
+        if self.pruning:
+            trial.set_user_attr("pruner", self.pruner_spec)  # the job reads it from the storage
+        extra = [
+            f"sweep.study={quoted(self.study_name)}",
+            f"sweep.trial={trial.number}",
+            f"sweep.run_id={run.info.run_id}",
+        ]
+        if self.rdb is not None:
+            extra.append(f"sweep.storage={quoted(str(self.settings.storage))}")
+        if self.n_jobs > 1:
+            extra.append(f"sweep.slot={slot}")
+            if self.config.trainer.threads == 0:
+                # Parallel trials share the cores; recorded in the trial's config so that
+                # model=best reruns the winner with the same arithmetic.
+                extra.append(f"trainer.threads={max(1, (os.cpu_count() or 1) // self.n_jobs)}")
+        return trial, [*overrides, *extra]
+
+    def trial_id(self, trial: optuna.trial.Trial) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
+
+    def run_batch(self, size: int) -> None:
+        asked = [self.ask(slot) for slot in range(size)]
+        trials = [t for t, _ in asked]
+        self.mine += [t.number for t in trials]
+        beat = Heartbeat(self.rdb, [self.trial_id(t) for t in trials], self.heartbeat_interval) if self.rdb else None
+        with beat or contextlib.nullcontext():
+            try:
+                returns = self.launcher.launch([o for _, o in asked], initial_job_idx=self.job_idx)
+            except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or the launcher broke
+                interrupted = isinstance(e, KeyboardInterrupt)
+                for trial in trials:
+                    self.end_trial(
+                        trial, "interrupted" if interrupted else f"launcher failed: {first_line(e)}", killed=interrupted
+                    )
+                raise
+        self.job_idx += len(returns)
+        for trial, ret in zip(trials, returns, strict=True):
+            self.tell(trial, ret)
+
+    def tell(self, trial: optuna.trial.Trial, ret: Any) -> None:
+        try:
+            value = float(ret.return_value)
+        except Exception as e:  # noqa: BLE001 - whatever the job raised fails this trial only
+            self.end_trial(trial, f"{type(e).__name__}: {e}")
+            log.warning("trial %d failed: %s", trial.number, first_line(e))
+            return
+        if not math.isfinite(value):
+            self.end_trial(trial, f"objective {value}")
+            return
+        pruned_at = self.storage.get_trial(self.trial_id(trial)).user_attrs.get("pruned_at_epoch")
+        if pruned_at is not None:  # its job stopped when the pruner said so: value = last report
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+            log.info("trial %d: pruned after epoch %d (val acc %.4f)", trial.number, pruned_at, value)
+            return
+        self.study.tell(trial, value, skip_if_finished=True)
+        log.info(
+            "trial %d: %s %.4f  %s",
+            trial.number,
+            "val acc",
+            value,
+            " ".join(f"{k}={v}" for k, v in trial.params.items()),
+        )
+
+    def end_trial(self, trial: optuna.trial.Trial, reason: str, killed: bool = False) -> None:
+        """FAIL in Optuna, FAILED (or KILLED) in MLflow, with the reason in both."""
+        with contextlib.suppress(Exception):
+            trial.set_user_attr("failure_reason", reason[:1000])
+        with contextlib.suppress(Exception):
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        end_run(self.client, trial.user_attrs.get("mlflow_run_id"), "KILLED" if killed else "FAILED", reason)
+
+    def fail_stale(self) -> None:
+        if self.rdb is not None:
+            optuna.storages.fail_stale_trials(self.study)
+
+    def count(self, *states: optuna.trial.TrialState, others: bool = False) -> int:
+        trials = self.study.get_trials(deepcopy=False, states=states)
+        return sum(1 for t in trials if not others or t.number not in self.mine)
+
+    # -- the worker's life ---------------------------------------------------------------
+
+    def run(self) -> None:
+        self.open()
+        status = "FAILED"
+        try:
+            done = failed = 0
+            while done < self.n_trials:
+                self.fail_stale()
+                size = min(self.n_jobs, self.n_trials - done)
+                before = self.count(optuna.trial.TrialState.FAIL)
+                self.run_batch(size)
+                done += size
+                failed += self.count(optuna.trial.TrialState.FAIL) - before
+                if failed / done > float(self.settings.max_failure_rate):
+                    raise UserError(
+                        f"{failed} of this worker's {done} trials failed, more than max_failure_rate "
+                        f"{self.settings.max_failure_rate}: stopping (see each trial's failure_reason in MLflow)"
+                    )
+            self.settle()
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.finish(status)
+
+    def settle(self) -> None:
+        """Leave nothing behind: run retries still waiting, and give trials of other workers
+        that may have died one grace period to be failed (and retried here)."""
+        if self.rdb is None:
+            return
+        waiting, running = optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING
+        deadline = time.monotonic() + self.grace + 2 * self.heartbeat_interval
+        said = False
+        while True:
+            self.fail_stale()
+            if self.count(waiting):
+                self.run_batch(min(self.n_jobs, self.count(waiting)))
+                deadline = time.monotonic() + self.grace + 2 * self.heartbeat_interval
+                continue
+            others = self.count(running, others=True)
+            if not others or time.monotonic() > deadline:
+                return
+            if not said:
+                log.info("waiting up to %.0f s for %d trial(s) of other workers (a dead worker's are retried here)",
+                         deadline - time.monotonic(), others)  # fmt: skip
+                said = True
+            time.sleep(min(self.heartbeat_interval, 2.0))
+
+    def finish(self, status: str) -> None:
+        """Report to the parent run, update the winner file, end the parent if the study is idle."""
+        study, client = self.study, self.client
+        with contextlib.suppress(Exception):
+            sweeps.report(study, client, self.parent_id)
+        best = sweeps.best_trial(study)
+        if best is not None and self.settings.best_config:
+            sweeps.update_winner(study, best, client, self.parent_id, self.settings.best_config)
+        busy = self.count(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+        if not busy:
+            client.set_terminated(self.parent_id, "FINISHED" if status == "FINISHED" else status)
+        if status == "FINISHED" and best is None:
+            states = [t.state.name for t in study.get_trials(deepcopy=False)]
+            raise UserError(
+                f"no trial of study {self.study_name!r} completed ({states.count('FAIL')} failed, "
+                f"{states.count('PRUNED')} pruned): there is no best trial; see each trial's failure_reason "
+                "in MLflow, then run more trials (hydra.sweeper.n_trials) or a gentler pruner"
+            )
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs each tell at INFO; the worker logs its own line per trial."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
