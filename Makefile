@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run train test ui bench bench-pruning lint clean
+.PHONY: run train test ui services services-stop bench bench-pruning bench-scale lint clean
 
 run: train
 
@@ -25,12 +25,23 @@ test: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
 
+# A local PostgreSQL (study storage) and mlflow server for multi-worker sweeps; prints the URLs to export.
+services: $(STAMP)
+	$(BIN)/python scripts/services.py start
+
+services-stop: $(STAMP)
+	$(BIN)/python scripts/services.py stop
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py $(ARGS)
 
 # Unpruned vs pruned (median) sweep, 30 trials each (about 32 minutes on 2 cores; ARGS=--quick: 1 minute).
 bench-pruning: $(STAMP)
 	$(BIN)/python benchmarks/pruning.py $(ARGS)
+
+# 1 vs 2 workers, the study storage's ceiling (SQLite, PostgreSQL), per-trial overhead (ARGS=--quick: a smoke run).
+bench-scale: $(STAMP)
+	$(BIN)/python benchmarks/sweep_scale.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

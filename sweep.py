@@ -6,7 +6,7 @@
     python sweep.py export                            # best trial of mnist-mlp -> conf/model/best.yaml
     python sweep.py export --trial 7 --out /tmp/t7.yaml   # a chosen trial, elsewhere
     python sweep.py plots --out plots/                # Optuna's plots as PNG files
-    python sweep.py plots --mlflow                    # ...logged to the study's latest sweep parent run
+    python sweep.py plots --mlflow                    # ...logged to the study's MLflow parent run
     python sweep.py list --storage postgresql://user@host/optuna   # any Optuna storage URL
 
 Defaults (study name, storage) come from conf/hydra/sweeper/optuna.yaml, as the sweep's do.
@@ -27,13 +27,14 @@ from mlp.config import PROJECT_ROOT
 from mlp.errors import UserError
 from mlp.sweeps import state_counts, winner_file
 
-SWEEPER_CONF = PROJECT_ROOT / "conf" / "hydra" / "sweeper" / "optuna.yaml"
-
 
 def defaults() -> tuple[str, str, str]:
-    """(study name, storage URL, winner file) as the sweeper config sets them."""
-    conf = OmegaConf.load(SWEEPER_CONF)
-    return conf.study_name, conf.storage, winner_file(str(PROJECT_ROOT / "conf"), conf.study_name)
+    """(study name, storage URL, winner file) as `python train.py -m hydra/sweeper=optuna` sets them."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
+        sweeper = compose("config", ["hydra/sweeper=optuna"], return_hydra_config=True).hydra.sweeper
+    return sweeper.study_name, sweeper.storage, sweeper.best_config
 
 
 def open_storage(url: str) -> str:
@@ -100,9 +101,9 @@ def cmd_export(args: argparse.Namespace) -> None:
     client = mlflow_client()
     run = trial_runs(client, study).get(trial.number)
     values = best_values(trial_config(client, run, trial))
-    out = Path(args.out)
+    out = Path(args.out or winner_file(str(PROJECT_ROOT / "conf"), args.study))
     write_atomic(out, winner_yaml(args.study, trial, values, run.info.run_id, out))
-    print(f"wrote {args.out}: trial {trial.number}, validation accuracy {trial.value:.4f}")
+    print(f"wrote {out}: trial {trial.number}, validation accuracy {trial.value:.4f}")
 
 
 def cmd_plots(args: argparse.Namespace) -> None:
@@ -114,21 +115,9 @@ def cmd_plots(args: argparse.Namespace) -> None:
     if not args.out and not args.mlflow:
         raise UserError("plots: give --out DIR, --mlflow, or both")
     client = mlflow_client() if args.mlflow else None
-    parent = None
-    if client is not None:
-        parents = [
-            r
-            for e in client.search_experiments()
-            for r in client.search_runs(
-                [e.experiment_id],
-                filter_string=f"tags.`sweep.study` = '{args.study}' and tags.`sweep.role` = 'parent'",
-                order_by=["attributes.start_time DESC"],
-                max_results=1,
-            )
-        ]
-        if not parents:
-            raise UserError(f"no MLflow parent run for study {args.study!r}")
-        parent = parents[0].info.run_id
+    parent = study.user_attrs.get("mlflow_parent_run_id") if client is not None else None
+    if client is not None and parent is None:
+        raise UserError(f"study {args.study!r} has no MLflow parent run recorded")
     for path, fig in optuna_figures(study).items():
         if args.out:
             target = Path(args.out) / Path(path).name
@@ -156,7 +145,7 @@ def main(argv: list[str] | None = None) -> None:
     export = add("export", "write a trial's config as best.yaml")
     export.add_argument("study", nargs="?", default=study)
     export.add_argument("--trial", type=int, help="trial number (default: the best)")
-    export.add_argument("--out", default=best, help=f"file to write (default: {best})")
+    export.add_argument("--out", help=f"file to write (default: the study's winner file, {best} for {study})")
     export.set_defaults(func=cmd_export)
     plots = add("plots", "Optuna's plots, to files and/or to MLflow")
     plots.add_argument("study", nargs="?", default=study)

@@ -41,6 +41,7 @@ def sweep(folder: Path, name: str, pruner: str, trials: int, extra: list[str]) -
         f"hydra/sweeper/pruner={pruner}", f"hydra.sweeper.n_trials={trials}",
         f"hydra.sweeper.study_name={name}", f"hydra.sweeper.storage=sqlite:///{folder}/optuna.db",
         "hydra.sweeper.best_config=null", f"tracking.dir={folder}/mlruns",
+        "trainer.val_every=1",  # both sweeps validate every epoch: the early-vs-final correlation needs it
         f"hydra.sweep.dir={folder}/multirun/{name}", *extra,
     ]  # fmt: skip
     print(f"running: {' '.join(args[1:])}", flush=True)

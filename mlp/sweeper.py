@@ -59,6 +59,7 @@ PRUNER_CHOICES = (
 )
 STORAGE_CHOICES = "an Optuna RDB storage URL, e.g. sqlite:////abs/path/optuna.db or postgresql://user@host:5432/db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+MAX_DUPLICATE_ASKS = 20  # proposals of configurations the study already has, before it counts as exhausted
 
 
 def make_pruner(spec: Any) -> optuna.pruners.BasePruner | None:
@@ -174,8 +175,10 @@ class Heartbeat:
     def beat(self) -> None:
         while True:
             for trial_id in self.trial_ids:
-                with contextlib.suppress(Exception):  # a blip of the database: the next beat retries
+                try:
                     self.storage.record_heartbeat(trial_id)
+                except Exception as e:  # noqa: BLE001 - a blip of the database: the next beat retries
+                    log.warning("heartbeat of trial id %d not recorded: %s", trial_id, first_line(e))
             if self.stopped.wait(self.interval):
                 return
 
@@ -247,6 +250,7 @@ class StudySweep:
         self.heartbeat_interval, self.grace = float(s.heartbeat_interval), float(s.grace_period)
         self.job_idx = 0
         self.mine: list[int] = []  # numbers of the trials this worker ran
+        self.failures = 0  # of those, how many failed
 
     # -- joining -------------------------------------------------------------------------
 
@@ -360,19 +364,29 @@ class StudySweep:
 
     def ask(self, slot: int) -> tuple[optuna.trial.Trial, list[str]]:
         """A new trial (or a waiting one: the reference config, a retry), its MLflow run, its overrides."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we record it
-            trial = self.study.ask()
-        trial_id = self.trial_id(trial)
-        if self.rdb is not None:
-            self.rdb.record_heartbeat(trial_id)  # at once: a trial with no heartbeat is never found dead
-        overrides = self.space.suggest(trial)
-        if self.extend is not None:
-            self.extend(self.config, trial)
-            overrides = self.space.overrides(trial.params)
-        retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(
-            self.storage.get_trial(trial_id)
-        )
+        for attempt in range(MAX_DUPLICATE_ASKS):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we record it
+                trial = self.study.ask()
+            trial_id = self.trial_id(trial)
+            if self.rdb is not None:
+                self.rdb.record_heartbeat(trial_id)  # at once: a trial with no heartbeat is never found dead
+            overrides = self.space.suggest(trial)
+            if self.extend is not None:
+                self.extend(self.config, trial)
+                overrides = self.space.overrides(trial.params)
+            frozen = self.storage.get_trial(trial_id)
+            retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+            twin = None if retry_of is not None else self.same_config(frozen)
+            if twin is None:
+                break
+            # The sampler proposed a configuration the study already has: skip it and ask again,
+            # unless the search space looks exhausted (then the repeat runs).
+            if attempt < MAX_DUPLICATE_ASKS - 1:
+                trial.set_user_attr("failure_reason", f"duplicate of trial {twin}: not run")
+                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                continue
+            log.warning("trial %d repeats trial %d: the search space looks exhausted", trial.number, twin)
         run = self.client.create_run(
             self.experiment_id,
             run_name=f"trial-{trial.number:03d}",
@@ -402,6 +416,15 @@ class StudySweep:
                 # model=best reruns the winner with the same arithmetic.
                 extra.append(f"trainer.threads={max(1, (os.cpu_count() or 1) // self.n_jobs)}")
         return trial, [*overrides, *extra]
+
+    def same_config(self, trial: optuna.trial.FrozenTrial) -> int | None:
+        """The number of an earlier trial with the same parameters that ran or runs, if any."""
+        done = (*FINISHED, optuna.trial.TrialState.RUNNING)
+        for other in self.study.get_trials(deepcopy=False, states=done):
+            skipped = other.user_attrs.get("failure_reason", "").startswith("duplicate of")
+            if other.number != trial.number and other.params == trial.params and not skipped:
+                return other.number
+        return None
 
     def trial_id(self, trial: optuna.trial.Trial) -> int:
         return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, trial.number)
@@ -451,6 +474,7 @@ class StudySweep:
 
     def end_trial(self, trial: optuna.trial.Trial, reason: str, killed: bool = False) -> None:
         """FAIL in Optuna, FAILED (or KILLED) in MLflow, with the reason in both."""
+        self.failures += 1
         with contextlib.suppress(Exception):
             trial.set_user_attr("failure_reason", reason[:1000])
         with contextlib.suppress(Exception):
@@ -471,17 +495,15 @@ class StudySweep:
         self.open()
         status = "FAILED"
         try:
-            done = failed = 0
+            done = 0
             while done < self.n_trials:
                 self.fail_stale()
                 size = min(self.n_jobs, self.n_trials - done)
-                before = self.count(optuna.trial.TrialState.FAIL)
                 self.run_batch(size)
                 done += size
-                failed += self.count(optuna.trial.TrialState.FAIL) - before
-                if failed / done > float(self.settings.max_failure_rate):
+                if self.failures / done > float(self.settings.max_failure_rate):
                     raise UserError(
-                        f"{failed} of this worker's {done} trials failed, more than max_failure_rate "
+                        f"{self.failures} of this worker's {done} trials failed, more than max_failure_rate "
                         f"{self.settings.max_failure_rate}: stopping (see each trial's failure_reason in MLflow)"
                     )
             self.settle()

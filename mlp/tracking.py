@@ -21,7 +21,8 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from mlp.config import PROJECT_ROOT
-from mlp.errors import UserError
+from mlp.errors import UserError, first_line
+from mlp.filelock import sqlite_creation_lock
 
 log = logging.getLogger(__name__)
 
@@ -51,20 +52,19 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
         Path(tracking.dir).mkdir(parents=True, exist_ok=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations of a new DB
     mlflow.set_tracking_uri(uri)
+    location = (Path(tracking.dir).resolve() / "artifacts").as_uri() if default_store else None
     try:
-        experiment = mlflow.get_experiment_by_name(tracking.experiment)
-        if experiment is not None:
+        with sqlite_creation_lock(uri):  # the first access creates (migrates) a new store
+            experiment = mlflow.get_experiment_by_name(tracking.experiment)
+            if experiment is None:
+                try:
+                    return uri, mlflow.create_experiment(tracking.experiment, artifact_location=location)
+                except mlflow.exceptions.MlflowException:  # another worker created it first (a server)
+                    experiment = mlflow.get_experiment_by_name(tracking.experiment)
             return uri, experiment.experiment_id
-        location = (Path(tracking.dir).resolve() / "artifacts").as_uri() if default_store else None
-        try:
-            return uri, mlflow.create_experiment(tracking.experiment, artifact_location=location)
-        except mlflow.exceptions.MlflowException:
-            # Another process (a parallel sweep trial) created it first.
-            return uri, mlflow.get_experiment_by_name(tracking.experiment).experiment_id
-    except mlflow.exceptions.MlflowException as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    except Exception as e:  # noqa: BLE001 - MLflow's and SQLAlchemy's errors alike
         raise UserError(
-            f"MLflow tracking at {uri} is not usable: {first} (set tracking.uri or MLFLOW_TRACKING_URI)"
+            f"MLflow tracking at {uri} is not usable: {first_line(e)} (set tracking.uri or MLFLOW_TRACKING_URI)"
         ) from e
 
 

@@ -10,12 +10,11 @@ every exception from a job as an error with its traceback.) Nothing here imports
 
 from __future__ import annotations
 
-import random
-import time
 from typing import Any
 
 import optuna
-import sqlalchemy
+
+from mlp.filelock import sqlite_creation_lock
 
 
 def progress_step(epoch: int, epochs: int) -> int:
@@ -26,17 +25,10 @@ def progress_step(epoch: int, epochs: int) -> int:
 
 def open_storage(url: str, **heartbeat: Any) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url``. SQLite waits for a lock (several processes share the
-    file) and a new database whose tables another process is creating at the same moment is
-    opened again."""
+    file), and a new database is created by one process at a time."""
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
-    for attempt in range(5):
-        try:
-            return optuna.storages.RDBStorage(url, **kwargs, **heartbeat)
-        except sqlalchemy.exc.OperationalError as e:
-            if attempt == 4 or "already exists" not in str(e):
-                raise
-            time.sleep(0.2 + random.random())
-    raise AssertionError("unreachable")
+    with sqlite_creation_lock(url):
+        return optuna.storages.RDBStorage(url, **kwargs, **heartbeat)
 
 
 class TrialLink:

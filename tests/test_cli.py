@@ -1,13 +1,17 @@
 """The real command line, in a subprocess, as a user runs it."""
 
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from mlp import data
-from tests.conftest import run_train
+from tests.conftest import ROOT, run_train, subprocess_env
 
 
 @pytest.mark.slow
@@ -53,3 +57,25 @@ def test_conflicting_hydra_flags_are_one_line(tmp_path: Path) -> None:
         "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be specified "
         "(python train.py --help lists the flags)"
     ]
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_single_run_killed_with_one_line(tmp_path: Path) -> None:
+    mlruns = tmp_path / "mlruns"
+    args = ["data=synthetic", "trainer.epochs=500", f"tracking.dir={mlruns}", f"hydra.run.dir={tmp_path}/out"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    log = tmp_path / "out" / "train.log"  # Hydra's log of the run: the epochs are under way once it has one
+    deadline = time.monotonic() + 120
+    while (
+        time.monotonic() < deadline
+        and proc.poll() is None
+        and "epoch  1/" not in (log.read_text() if log.exists() else "")
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert stderr.strip().splitlines()[-1] == ("error: stopped by SIGTERM; the MLflow run(s) it had open ended KILLED")
+    (run,) = MlflowClient(f"sqlite:///{mlruns}/mlflow.db").search_runs(["1"])
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("interrupted")

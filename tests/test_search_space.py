@@ -117,18 +117,21 @@ def test_each_worker_or_parallel_trial_takes_its_own_gpu(monkeypatch, name, slot
 LIBRARIES = ("hydra", "hydra_plugins.hydra_optuna_sweeper", "optuna", "mlflow")
 
 
+def is_private(dotted: str) -> bool:
+    return any(part.startswith("_") and not part.startswith("__") for part in dotted.split("."))
+
+
 def private_names(path: Path) -> list[str]:
     """Private (leading underscore, not dunder) names a file imports from those libraries, or
     reaches as attributes of anything."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(LIBRARIES):
-            names = [node.module, *(a.name for a in node.names)]
-            found += [f"from {node.module} import {a.name}" for a in node.names if any(
-                part.startswith("_") and not part.startswith("__") for n in names for part in n.split("."))]  # fmt: skip
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(LIBRARIES):
+            names = [f"{node.module}.{a.name}" for a in node.names]
+            found += [f"from {node.module} import {n.rsplit('.', 1)[1]}" for n in names if is_private(n)]
         elif isinstance(node, ast.Import):
-            found += [a.name for a in node.names if a.name.startswith(LIBRARIES) and "._" in a.name]
-        elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            found += [a.name for a in node.names if a.name.startswith(LIBRARIES) and is_private(a.name)]
+        elif isinstance(node, ast.Attribute) and is_private(node.attr):
             found.append(f"line {node.lineno}: .{node.attr}")
     return found
 
@@ -156,3 +159,22 @@ def test_the_private_name_check_finds_them(tmp_path: Path) -> None:
         "mlflow._x",
         "line 4: ._trial_id",
     ]
+
+
+@pytest.mark.slow
+def test_a_configuration_the_study_has_is_not_run_again(tmp_path: Path) -> None:
+    """A sweep over 2 x 2 = 4 configurations, asked for 6 trials: 4 distinct trials run, then the
+    space is exhausted and a repeat runs; proposals of known configurations are skipped."""
+    from tests.test_sweeps import Sweep
+
+    sweep = Sweep(tmp_path, study="tiny-space")
+    space = ["model.num_layers=choice(2,3)", "model.layer_size=choice(16,32)", "model.activation=relu",
+             "model.dropout=0.0", "optimizer.lr=0.002", "optimizer.weight_decay=0.01", "trainer.epochs=1"]  # fmt: skip
+    sweep.run(5, *space)
+    trials = sweep.study_trials()
+    ran = [t for t in trials if not t.user_attrs.get("failure_reason", "").startswith("duplicate of")]
+    assert len(ran) == 5
+    first_four = [tuple(sorted(t.params.items())) for t in ran[:4]]
+    assert len(set(first_four)) == 4  # every configuration once before any repeat
+    skipped = [t for t in trials if t not in ran]
+    assert all(t.state.name == "FAIL" for t in skipped)

@@ -20,6 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlp.sweeps import recorded_winner
+from mlp.trial import open_storage
 from tests.conftest import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -44,8 +45,8 @@ def kill_mid_trial(victim: subprocess.Popen, storage: str, timeout: float = 120)
     """SIGKILL ``victim`` while one of its trials runs; that trial's number."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            trials = optuna.load_study(study_name="workers", storage=storage).get_trials(deepcopy=False)
+        try:  # open_storage: never creates a new SQLite file's tables at the same moment as a worker
+            trials = optuna.load_study(study_name="workers", storage=open_storage(storage)).get_trials(deepcopy=False)
         except KeyError:  # not created yet
             trials = []
         for t in trials:
