@@ -86,10 +86,7 @@ def sweep_command(folder: Path, study: str, trials: int, extra: list[str], index
 
 def run_workers(folder: Path, commands: list[list[str]]) -> tuple[float, float]:
     """Start the commands at the same moment; (start as epoch seconds, wall seconds until the last ends)."""
-    (folder / "mlruns").mkdir(parents=True)
-    # MLflow's SQLite store is created (migrated) here: workers creating it at the same moment race in
-    # alembic ("Online migration expected to match one row"), and a user's store exists already anyway.
-    MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db").search_experiments()
+    folder.mkdir(parents=True)  # the workers create the study and the MLflow store (one of them at a time)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
     logs = [folder / f"worker{i}.log" for i in range(len(commands))]
     with contextlib.ExitStack() as stack:
