@@ -2,6 +2,7 @@
 
     python sweep.py list                              # studies in the default storage: trials done/failed/running, best
     python sweep.py leaderboard                       # top 10 trials of the default study (mnist-mlp)
+    python sweep.py leaderboard --all                 # ...with seconds, epochs run and MLflow run ids
     python sweep.py leaderboard wide --top 25         # another study
     python sweep.py export                            # best trial of mnist-mlp -> conf/model/best.yaml
     python sweep.py export --trial 7 --out /tmp/t7.yaml   # a chosen trial, elsewhere
@@ -77,12 +78,17 @@ def cmd_list(args: argparse.Namespace) -> None:
         )
 
 
+WIDE_COLUMNS = ("epochs_run", "train_seconds", "wall_seconds", "run_id")  # shown with --all
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from mlp.sweeps import leaderboard, markdown_table, trial_runs
 
     study = load_study(args.study, open_storage(args.storage))
-    rows = leaderboard(study, trial_runs(mlflow_client(), study))
-    print(markdown_table(rows[: args.top]), end="")
+    rows = leaderboard(study, trial_runs(mlflow_client(), study))[: args.top]
+    if not args.all:  # what fits a terminal: the scores and the searched values, under their short names
+        rows = [{k.rsplit(".", 1)[-1]: v for k, v in row.items() if k not in WIDE_COLUMNS} for row in rows]
+    print(markdown_table(rows), end="")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -92,17 +98,23 @@ def cmd_export(args: argparse.Namespace) -> None:
     complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
     if not complete:
         raise UserError(f"study {args.study!r} has no complete trial to export")
+    numbers = {t.number for t in study.get_trials(deepcopy=False)}
     if args.trial is None:
         trial = study.best_trial
     elif args.trial in complete:
         trial = complete[args.trial]
+    elif args.trial not in numbers:
+        raise UserError(f"study {args.study!r} has no trial {args.trial} (trials 0 to {max(numbers)})")
     else:
         raise UserError(f"trial {args.trial} of {args.study!r} is not complete; complete trials: {sorted(complete)}")
     client = mlflow_client()
     run = trial_runs(client, study).get(trial.number)
     values = best_values(trial_config(client, run, trial))
     out = Path(args.out or winner_file(str(PROJECT_ROOT / "conf"), args.study))
-    write_atomic(out, winner_yaml(args.study, trial, values, run.info.run_id, out))
+    try:
+        write_atomic(out, winner_yaml(args.study, trial, values, run.info.run_id, out))
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e} (--out takes a file path in a writable folder)") from e
     print(f"wrote {out}: trial {trial.number}, validation accuracy {trial.value:.4f}")
 
 
@@ -130,6 +142,12 @@ def cmd_plots(args: argparse.Namespace) -> None:
         plt.close(fig)
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     study, storage, best = defaults()
     common = argparse.ArgumentParser(add_help=False)
@@ -139,16 +157,17 @@ def main(argv: list[str] | None = None) -> None:
     add = lambda name, help: commands.add_parser(name, help=help, parents=[common])  # noqa: E731
     add("list", "studies with trial counts and best value").set_defaults(func=cmd_list)
     board = add("leaderboard", "a study's best trials")
-    board.add_argument("study", nargs="?", default=study)
-    board.add_argument("--top", type=int, default=10)
+    board.add_argument("study", nargs="?", default=study, help=f"study name (default: {study})")
+    board.add_argument("--all", action="store_true", help="every column: seconds, epochs run, MLflow run id")
+    board.add_argument("--top", type=positive, default=10, help="how many trials to show (default: 10)")
     board.set_defaults(func=cmd_leaderboard)
     export = add("export", "write a trial's config as best.yaml")
-    export.add_argument("study", nargs="?", default=study)
+    export.add_argument("study", nargs="?", default=study, help=f"study name (default: {study})")
     export.add_argument("--trial", type=int, help="trial number (default: the best)")
     export.add_argument("--out", help=f"file to write (default: the study's winner file, {best} for {study})")
     export.set_defaults(func=cmd_export)
     plots = add("plots", "Optuna's plots, to files and/or to MLflow")
-    plots.add_argument("study", nargs="?", default=study)
+    plots.add_argument("study", nargs="?", default=study, help=f"study name (default: {study})")
     plots.add_argument("--out", help="folder for PNG files")
     plots.add_argument("--mlflow", action="store_true", help="log to the study's latest sweep parent run")
     plots.set_defaults(func=cmd_plots)

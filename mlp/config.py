@@ -7,6 +7,7 @@ before any data is loaded. Defaults live in the YAML files, next to their commen
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -160,13 +161,14 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "model.layer_size", m.layer_size >= 1, "an integer >= 1")
     _check(cfg, "model.activation", m.activation in ACTIVATIONS, "one of " + ", ".join(ACTIVATIONS))
     _check(cfg, "model.dropout", 0 <= m.dropout < 1, "a probability in [0, 1)")
-    _check(cfg, "optimizer.lr", o.lr > 0, "a number > 0")
+    _check(cfg, "optimizer.lr", 0 < o.lr < math.inf, "a finite number > 0")
     _check(cfg, "optimizer.weight_decay", o.weight_decay >= 0, "a number >= 0")
     _check(cfg, "optimizer.schedule", o.schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES))
     _check(cfg, "optimizer.warmup", 0 < o.warmup < 1, "a fraction in (0, 1)")
     if "momentum" in o:
         _check(cfg, "optimizer.momentum", 0 <= o.momentum < 1, "a number in [0, 1)")
     _check(cfg, "trainer.epochs", t.epochs >= 1, "an integer >= 1")
+    _check(cfg, "trainer.seed", 0 <= t.seed < 2**63, "an integer from 0 to 2**63 - 1")
     _check(cfg, "trainer.batch_size", t.batch_size >= 1, "an integer >= 1")
     _check(cfg, "trainer.val_every", t.val_every >= 1, "an integer >= 1 (1: validate after every epoch)")
     _check(cfg, "trainer.threads", t.threads >= 0, "an integer >= 0 (0: one per core)")
@@ -176,6 +178,7 @@ def validate(cfg: DictConfig) -> None:
         re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", t.device) is not None,
         "auto, cpu, cuda, cuda:N or mps",
     )
+    _check(cfg, "tracking.experiment", bool(cfg.tracking.experiment.strip()), "a non-empty MLflow experiment name")
     kind = "synthetic" if "num_train" in d else "mnist"
     _check(cfg, "data.name", d.name == kind, f"{kind!r} for this data group (choose another with data=...)")
     pool = pool_size(d.name, d.get("num_train", 0))

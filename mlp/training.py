@@ -64,7 +64,7 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
     confidence, preds = logits.softmax(dim=1).max(dim=1)
     return Evaluation(
         loss=F.cross_entropy(logits, y).item(),
-        acc=(preds == y).float().mean().item(),
+        acc=(preds == y).sum().item() / len(y),  # a count over a total: exact, not float32's 0.96410000324...
         preds=preds,
         confidence=confidence,
     )
@@ -158,6 +158,13 @@ def fit(
         if epoch % val_every == 0 or epoch == epochs:
             val = evaluate(model, val_x, val_y)
             metrics.update({"val/loss": val.loss, "val/acc": val.acc})
+        if not all(bool(torch.isfinite(p).all()) for p in model.parameters()) or not math.isfinite(
+            metrics.get("val/loss", 0.0)
+        ):
+            raise DivergedError(
+                f"after epoch {epoch} the weights or the validation loss are non-finite: the run diverged; "
+                "try a lower optimizer.lr"
+            )
         history.append(metrics)
         if on_epoch(metrics):
             break

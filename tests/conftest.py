@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 import mlp.config  # noqa: F401 - registers the schema
@@ -59,3 +61,44 @@ def run_train(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -
         text=True,
         timeout=300,
     )
+
+
+class Sweep:
+    """One temporary sweep set-up: storage, tracking store, sweep dir and winner file."""
+
+    def __init__(self, root: Path, study: str = "test"):
+        self.root, self.study = root, study
+        self.storage = f"sqlite:///{root}/optuna.db"
+        self.mlruns = root / "mlruns"
+        self.best = root / "conf" / "model" / f"best_{study}.yaml"
+
+    def args(self, n_trials: int, *extra: str) -> list[str]:
+        epochs = [] if any(e.startswith("trainer.epochs=") for e in extra) else ["trainer.epochs=1"]
+        return [
+            "-m", "hydra/sweeper=optuna", "data=synthetic", *epochs, "trainer.batch_size=64",
+            f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.study_name={self.study}",
+            f"hydra.sweeper.storage={self.storage}", f"hydra.sweeper.best_config={self.best}",
+            f"tracking.dir={self.mlruns}", f"hydra.sweep.dir={self.root}/multirun", *extra,
+        ]  # fmt: skip
+
+    def run(self, n_trials: int, *extra: str) -> subprocess.CompletedProcess:
+        done = run_train(*self.args(n_trials, *extra), cwd=self.root)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done
+
+    def study_trials(self) -> list[optuna.trial.FrozenTrial]:
+        return optuna.load_study(study_name=self.study, storage=self.storage).trials
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(f"sqlite:///{self.mlruns}/mlflow.db")
+
+    def runs(self, role: str) -> list:
+        client = self.client()
+        experiment = client.get_experiment_by_name("mnist-mlp")
+        runs = client.search_runs([experiment.experiment_id])
+        return [r for r in runs if ("mlflow.parentRunId" in r.data.tags) == (role == "child")]
+
+    def sweep_py(self, *args: str) -> subprocess.CompletedProcess:
+        env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{self.mlruns}/mlflow.db")
+        return subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, "--storage", self.storage],
+                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip

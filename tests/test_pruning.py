@@ -16,8 +16,7 @@ from mlp import experiment
 from mlp.errors import UserError
 from mlp.sweeper import make_pruner
 from mlp.trial import TrialLink, progress_step
-from tests.conftest import CONF
-from tests.test_sweeps import Sweep
+from tests.conftest import CONF, Sweep
 
 THRESHOLD = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01}  # prunes at every step: acc < 1.01
 # Any Optuna pruner, from the command line: a new _target_ and its arguments (new keys: +).

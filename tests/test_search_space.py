@@ -14,7 +14,7 @@ from mlp.errors import UserError
 from mlp.experiment import pick_device
 from mlp.search_space import SearchSpace
 from mlp.sweeper import PerTrialSampler, trial_seed
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Sweep
 
 
 def test_the_grammar_becomes_optunas_distributions() -> None:
@@ -165,7 +165,6 @@ def test_the_private_name_check_finds_them(tmp_path: Path) -> None:
 def test_a_configuration_the_study_has_is_not_run_again(tmp_path: Path) -> None:
     """A sweep over 2 x 2 = 4 configurations, asked for 6 trials: 4 distinct trials run, then the
     space is exhausted and a repeat runs; proposals of known configurations are skipped."""
-    from tests.test_sweeps import Sweep
 
     sweep = Sweep(tmp_path, study="tiny-space")
     space = ["model.num_layers=choice(2,3)", "model.layer_size=choice(16,32)", "model.activation=relu",
@@ -178,3 +177,19 @@ def test_a_configuration_the_study_has_is_not_run_again(tmp_path: Path) -> None:
     assert len(set(first_four)) == 4  # every configuration once before any repeat
     skipped = [t for t in trials if t not in ran]
     assert all(t.state.name == "FAIL" for t in skipped)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "study", "winner"),
+    [
+        ([], "mnist-mlp", "conf/model/best.yaml"),  # the default study owns best.yaml
+        (["data=synthetic"], "synthetic-mlp", "conf/model/best_synthetic-mlp.yaml"),  # a smoke run never touches it
+        (["hydra.sweeper.study_name=wide/2"], "wide/2", "conf/model/best_wide_2.yaml"),
+    ],
+)
+def test_each_study_has_its_own_winner_file(overrides: list[str], study: str, winner: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf")):
+        sweeper = compose("config", ["hydra/sweeper=optuna", *overrides], return_hydra_config=True).hydra.sweeper
+    assert (sweeper.study_name, sweeper.best_config) == (study, str(ROOT / winner))

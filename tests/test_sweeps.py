@@ -12,53 +12,11 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from mlp.sweeps import recorded_winner
-from tests.conftest import ROOT, run_train, subprocess_env
+from tests.conftest import ROOT, Sweep, run_train, subprocess_env
 
 pytestmark = pytest.mark.slow
-
-
-class Sweep:
-    """One temporary sweep set-up: storage, tracking store, sweep dir and winner file."""
-
-    def __init__(self, root: Path, study: str = "test"):
-        self.root, self.study = root, study
-        self.storage = f"sqlite:///{root}/optuna.db"
-        self.mlruns = root / "mlruns"
-        self.best = root / "conf" / "model" / f"best_{study}.yaml"
-
-    def args(self, n_trials: int, *extra: str) -> list[str]:
-        epochs = [] if any(e.startswith("trainer.epochs=") for e in extra) else ["trainer.epochs=1"]
-        return [
-            "-m", "hydra/sweeper=optuna", "data=synthetic", *epochs, "trainer.batch_size=64",
-            f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.study_name={self.study}",
-            f"hydra.sweeper.storage={self.storage}", f"hydra.sweeper.best_config={self.best}",
-            f"tracking.dir={self.mlruns}", f"hydra.sweep.dir={self.root}/multirun", *extra,
-        ]  # fmt: skip
-
-    def run(self, n_trials: int, *extra: str) -> subprocess.CompletedProcess:
-        done = run_train(*self.args(n_trials, *extra), cwd=self.root)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done
-
-    def study_trials(self) -> list[optuna.trial.FrozenTrial]:
-        return optuna.load_study(study_name=self.study, storage=self.storage).trials
-
-    def client(self) -> MlflowClient:
-        return MlflowClient(f"sqlite:///{self.mlruns}/mlflow.db")
-
-    def runs(self, role: str) -> list:
-        client = self.client()
-        experiment = client.get_experiment_by_name("mnist-mlp")
-        runs = client.search_runs([experiment.experiment_id])
-        return [r for r in runs if ("mlflow.parentRunId" in r.data.tags) == (role == "child")]
-
-    def sweep_py(self, *args: str) -> subprocess.CompletedProcess:
-        env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{self.mlruns}/mlflow.db")
-        return subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, "--storage", self.storage],
-                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +89,19 @@ def test_winner_file_holds_the_best_trial_and_reproduces_it(swept: Sweep) -> Non
 def test_sweep_py_leaderboard_list_and_export(swept: Sweep) -> None:
     listed = swept.sweep_py("list")
     assert listed.returncode == 0 and "test: 3 complete, 0 failed" in listed.stdout
-    board = swept.sweep_py("leaderboard", "test", "--top", "2")
+    board = swept.sweep_py("leaderboard", "test", "--top", "2", "--all")
     assert board.returncode == 0, board.stderr
     lines = board.stdout.strip().splitlines()
     assert lines[0].startswith("| trial | state | val_acc | test_acc") and len(lines) == 4
     best = max(swept.study_trials(), key=lambda t: t.value)
     assert lines[2].startswith(f"| {best.number} | COMPLETE | {best.value:.4f}")
     assert best.user_attrs["mlflow_run_id"] in lines[2]  # joined by the run id stored on the trial
+    narrow = swept.sweep_py("leaderboard", "test").stdout.strip().splitlines()
+    assert narrow[0] == (
+        "| trial | state | val_acc | test_acc | epochs | num_layers | layer_size | activation | dropout | lr "
+        "| weight_decay |"
+    )
+    assert max(map(len, narrow)) < 130 and len(narrow) == 5
     out = swept.root / "exported.yaml"
     export = swept.sweep_py("export", "test", "--trial", "1", "--out", str(out))
     assert export.returncode == 0, export.stderr
@@ -149,6 +113,13 @@ def test_sweep_py_leaderboard_list_and_export(swept: Sweep) -> None:
     assert missing.returncode == 2 and missing.stderr.strip() == (
         f"error: no study 'nope' in {swept.storage}; studies there: test"
     )
+    none = swept.sweep_py("leaderboard", "test", "--top", "0")
+    assert none.returncode == 2 and "--top: expected a whole number >= 1, got '0'" in none.stderr
+    no_trial = swept.sweep_py("export", "test", "--trial", "99", "--out", str(out))
+    assert no_trial.returncode == 2 and no_trial.stderr.strip() == "error: study 'test' has no trial 99 (trials 0 to 2)"
+    folder = swept.sweep_py("export", "test", "--out", str(swept.root))
+    assert folder.returncode == 2 and folder.stderr.strip().startswith(f"error: cannot write {swept.root}: ")
+    assert not list(swept.root.glob(".*.part"))  # no stray temporary file
 
 
 def test_a_study_refuses_a_sweep_with_another_fixed_config(swept: Sweep) -> None:
