@@ -121,7 +121,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_plots(args: argparse.Namespace) -> None:
     import matplotlib.pyplot as plt
 
-    from mlp.sweeps import optuna_figures
+    from mlp.sweeps import SAVE, optuna_figures
 
     study = load_study(args.study, open_storage(args.storage))
     if not args.out and not args.mlflow:
@@ -134,10 +134,10 @@ def cmd_plots(args: argparse.Namespace) -> None:
         if args.out:
             target = Path(args.out) / Path(path).name
             target.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(target)
+            fig.savefig(target, **SAVE)
             print(f"wrote {target}")
         if parent is not None:
-            client.log_figure(parent, fig, path)
+            client.log_figure(parent, fig, path, save_kwargs=SAVE)
             print(f"logged {path} to MLflow run {parent}")
         plt.close(fig)
 

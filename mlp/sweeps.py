@@ -25,6 +25,7 @@ from mlp.errors import UserError
 log = logging.getLogger(__name__)
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1}  # leaderboard order; then FAIL
+SAVE = {"bbox_inches": "tight"}  # Optuna's figures: grow the canvas to hold every label
 WINNER_LINE = re.compile(r"^# winner: study=(?P<study>\S+) trial=(?P<trial>\d+)", re.M)
 
 
@@ -128,8 +129,31 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
         first = axes.flat[0] if hasattr(axes, "flat") else axes
         fig = first.figure
         fig.set_size_inches(max(fig.get_size_inches()[0], 10), max(fig.get_size_inches()[1], 6))
+        legible(fig)
         figures[f"optuna/{name}.png"] = fig
     return figures
+
+
+def legible(fig: Any) -> None:
+    """Optuna's figures as they come clip long parameter names, overlap the names of
+    categorical values and draw the first trials white on grey: fix those three."""
+    import warnings
+
+    for ax in fig.axes:
+        for collection in ax.collections:
+            if collection.get_array() is not None:
+                collection.set_cmap("viridis")  # trial-number colours, none of them near white
+        labels = [t.get_text() for t in ax.get_xticklabels()]
+        if any(label.strip("'") and not label.replace("−", "-").lstrip("-$").replace(".", "")[:1].isdigit()
+               for label in labels):  # fmt: skip
+            ax.tick_params(axis="x", labelrotation=35)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
+    if any(ax.get_label() == "<colorbar>" for ax in fig.axes):
+        return  # re-laying it out would push the colour bar over a panel
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fig.tight_layout()
 
 
 def report(study: optuna.Study, client: MlflowClient, parent_id: str) -> None:
@@ -148,7 +172,7 @@ def report(study: optuna.Study, client: MlflowClient, parent_id: str) -> None:
         for key, value in best.params.items():
             client.set_tag(parent_id, f"best.{key}", str(value))
     for path, fig in optuna_figures(study).items():
-        client.log_figure(parent_id, fig, path)
+        client.log_figure(parent_id, fig, path, save_kwargs=SAVE)
         plt.close(fig)
 
 
