@@ -193,9 +193,11 @@ def test_a_sweep_where_no_trial_completes_ends_with_one_clear_line(tmp_path: Pat
 
 def test_sigint_ends_a_sweep_with_its_trial_fail_and_its_runs_killed(tmp_path: Path) -> None:
     sweep = Sweep(tmp_path, study="stopped")
+    # As from a terminal: a shell's background job (CI may run us as one) starts with SIGINT ignored.
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *sweep.args(3, "trainer.epochs=200")],
         cwd=tmp_path, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     job_dir = tmp_path / "multirun" / "0" / ".hydra"  # Hydra made the first trial's folder: it is training
     deadline = time.monotonic() + 120
