@@ -109,7 +109,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise UserError(f"trial {args.trial} of {args.study!r} is not complete; complete trials: {sorted(complete)}")
     client = mlflow_client()
     run = trial_runs(client, study).get(trial.number)
-    values = best_values(trial_config(client, run, trial))
+    values = best_values(trial_config(client, run, trial), run.data.tags if run else None)
     out = Path(args.out or winner_file(str(PROJECT_ROOT / "conf"), args.study))
     try:
         write_atomic(out, winner_yaml(args.study, trial, values, run.info.run_id, out))

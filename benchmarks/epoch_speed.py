@@ -52,9 +52,9 @@ def training_flops(model: MLP) -> int:
 
 def build(cfg, device: torch.device) -> tuple[MLP, torch.optim.Optimizer]:
     torch.manual_seed(cfg.trainer.seed)
-    m, o = cfg.model, cfg.optimizer
+    m = cfg.model
     model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout).to(device)
-    return model, training.make_optimizer(model, o.name, o.lr, o.weight_decay, beta1=o.beta1, beta2=o.beta2)
+    return model, training.make_optimizer(cfg.optimizer, model)
 
 
 def ours(
@@ -64,10 +64,10 @@ def ours(
     before each (the machine's speed drifts: each epoch is compared with its own), images
     per epoch, FLOPs per image."""
     d = cfg.data
-    splits = data.load(d.name, d.root, d.val_size, d.split_seed, str(device))
+    splits = data.load_config(d, str(device))
     model, optimizer = build(cfg, device)
     steps = -(-len(splits.train_x) // cfg.trainer.batch_size)
-    schedule = training.make_schedule(optimizer, cfg.optimizer.schedule, steps * epochs, cfg.optimizer.warmup)
+    schedule = training.make_schedule(cfg.schedule, optimizer, steps * epochs)
     augment = data.RandomShift(d.max_shift, device) if d.max_shift else None
     generator = torch.Generator().manual_seed(0)
     times, peaks = [], []

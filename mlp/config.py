@@ -11,44 +11,63 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mlp.errors import ConfigError
+from mlp.model import ACTIVATIONS
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SCHEDULES = ("onecycle", "cosine", "none")
+GROUPS = ("model", "optimizer", "schedule", "data", "trainer")  # the config groups of one run
+
+
+# The activations the model knows, as an Enum: OmegaConf refuses any other name when the
+# config is composed and lists these. A StrEnum member is also its name as a str.
+Activation = StrEnum("Activation", {name: name for name in ACTIVATIONS})
 
 
 @dataclass
 class ModelConfig:
     num_layers: int = MISSING
     layer_size: int = MISSING
-    activation: str = MISSING
+    activation: Activation = MISSING
     dropout: float = MISSING
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = MISSING
+    """A torch.optim optimizer: ``_target_`` and its arguments (the parameters come at build time)."""
+
+    _target_: str = MISSING
     lr: float = MISSING
     weight_decay: float = MISSING
-    schedule: str = MISSING
-    warmup: float = MISSING
+    fused: bool = MISSING
 
 
 @dataclass
 class AdamWConfig(OptimizerConfig):
-    beta1: float = MISSING
-    beta2: float = MISSING
+    betas: list[float] = MISSING
 
 
 @dataclass
 class SGDConfig(OptimizerConfig):
     momentum: float = MISSING
     nesterov: bool = MISSING
+
+
+@dataclass
+class ScheduleConfig:
+    """A function of mlp.training that makes a per-step scheduler: (optimizer, total_steps, ...)."""
+
+    _target_: str = MISSING
+
+
+@dataclass
+class OneCycleConfig(ScheduleConfig):
+    warmup: float = MISSING
 
 
 @dataclass
@@ -104,6 +123,7 @@ class SweepConfig:
 class Config:
     model: ModelConfig = MISSING
     optimizer: OptimizerConfig = MISSING
+    schedule: ScheduleConfig = MISSING
     data: DataConfig = MISSING
     trainer: TrainerConfig = MISSING
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -136,6 +156,8 @@ def register() -> None:
         ("model", "mlp_schema", ModelConfig),
         ("optimizer", "adamw_schema", AdamWConfig),
         ("optimizer", "sgd_schema", SGDConfig),
+        ("schedule", "schedule_schema", ScheduleConfig),
+        ("schedule", "onecycle_schema", OneCycleConfig),
         ("data", "mnist_schema", MnistConfig),
         ("data", "synthetic_schema", SyntheticConfig),
         ("trainer", "trainer_schema", TrainerConfig),
@@ -154,17 +176,15 @@ def _check(cfg: DictConfig, key: str, ok: bool, accepted: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value is out of range."""
     from mlp.data import pool_size
-    from mlp.model import ACTIVATIONS
 
     m, o, t, d = cfg.model, cfg.optimizer, cfg.trainer, cfg.data
     _check(cfg, "model.num_layers", m.num_layers >= 1, "an integer >= 1")
     _check(cfg, "model.layer_size", m.layer_size >= 1, "an integer >= 1")
-    _check(cfg, "model.activation", m.activation in ACTIVATIONS, "one of " + ", ".join(ACTIVATIONS))
     _check(cfg, "model.dropout", 0 <= m.dropout < 1, "a probability in [0, 1)")
     _check(cfg, "optimizer.lr", 0 < o.lr < math.inf, "a finite number > 0")
     _check(cfg, "optimizer.weight_decay", o.weight_decay >= 0, "a number >= 0")
-    _check(cfg, "optimizer.schedule", o.schedule in SCHEDULES, "one of " + ", ".join(SCHEDULES))
-    _check(cfg, "optimizer.warmup", 0 < o.warmup < 1, "a fraction in (0, 1)")
+    if "warmup" in cfg.schedule:
+        _check(cfg, "schedule.warmup", 0 < cfg.schedule.warmup < 1, "a fraction in (0, 1)")
     if "momentum" in o:
         _check(cfg, "optimizer.momentum", 0 <= o.momentum < 1, "a number in [0, 1)")
     _check(cfg, "trainer.epochs", t.epochs >= 1, "an integer >= 1")

@@ -24,6 +24,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -283,4 +284,11 @@ def load(
         test_x=normalise(test_images),
         test_y=test_labels.to(device),
         test_images=test_images,
+    )
+
+
+def load_config(d: Any, device: str) -> Splits:
+    """``load`` with the values of a ``data`` config (either group)."""
+    return load(
+        d.name, str(d.get("root", "")), d.val_size, d.split_seed, device, d.get("num_train", 0), d.get("num_test", 0)
     )

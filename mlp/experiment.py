@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 from mlp import config, data, plots, tracking, training
+from mlp.config import GROUPS
 from mlp.errors import ConfigError, in_sweep
 from mlp.model import MLP, describe
 from mlp.trial import TrialLink
@@ -84,6 +85,17 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
+def _choices() -> dict[str, str]:
+    """The group options this run was composed from (``hydra.choice.optimizer``: sgd, ...), so a
+    winner file written from its record selects the same groups."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    choices = HydraConfig.get().runtime.choices
+    return {f"hydra.choice.{g}": str(choices[g]) for g in GROUPS if choices.get(g) is not None}
+
+
 def _sweep_dir() -> str:
     from hydra.core.hydra_config import HydraConfig
 
@@ -102,31 +114,21 @@ def _progress_bar(enabled: bool, total: int):
 def run(cfg: DictConfig) -> RunResult:
     """Train and test one MLP as ``cfg`` says, logging everything to MLflow."""
     config.validate(cfg)
-    t, m, o, d = cfg.trainer, cfg.model, cfg.optimizer, cfg.data
+    t, m, d = cfg.trainer, cfg.model, cfg.data
     device = pick_device(t.device, cfg.sweep.slot)
     generator = _set_up_torch(t)
-    splits = data.load(
-        d.name,
-        str(d.get("root", "")),
-        d.val_size,
-        d.split_seed,
-        str(device),
-        d.get("num_train", 0),
-        d.get("num_test", 0),
-    )
+    splits = data.load_config(d, str(device))
     model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout).to(device)
-    optimizer = training.make_optimizer(
-        model, o.name, o.lr, o.weight_decay, **{k: o[k] for k in ("beta1", "beta2", "momentum", "nesterov") if k in o}
-    )
+    optimizer = training.make_optimizer(cfg.optimizer, model)
     steps_per_epoch = -(-len(splits.train_x) // t.batch_size)
-    schedule = training.make_schedule(optimizer, o.schedule, t.epochs * steps_per_epoch, o.warmup)
+    schedule = training.make_schedule(cfg.schedule, optimizer, t.epochs * steps_per_epoch)
 
     augment = data.RandomShift(d.max_shift, device) if d.max_shift > 0 else None
 
     sweeping = in_sweep()
     epoch_level = logging.DEBUG if sweeping else logging.INFO
     name = cfg.tracking.run_name or describe(m.num_layers, m.layer_size, m.activation)
-    tags = tracking.run_tags(_overrides(), str(device), t.seed)
+    tags = {**tracking.run_tags(_overrides(), str(device), t.seed), **_choices()}
     if cfg.sweep.trial is not None:  # a sweep trial: its run was opened by the sweeper, nested under the study's
         name = f"trial-{cfg.sweep.trial:03d} {name}"
         tags["sweep.dir"] = _sweep_dir()

@@ -42,6 +42,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mlp import sweeps, tracking
+from mlp.config import GROUPS
 from mlp.errors import ConfigError, UserError, first_line
 from mlp.search_space import SearchSpace
 from mlp.trial import open_storage
@@ -138,9 +139,7 @@ def sampler_factory(spec: DictConfig, space: SearchSpace) -> Callable[[int | Non
 
 def fixed_config(config: DictConfig, searched: set[str]) -> dict[str, Any]:
     """What defines the experiment apart from the searched keys: the task config, flattened."""
-    task = OmegaConf.to_container(
-        OmegaConf.masked_copy(config, ["model", "optimizer", "data", "trainer"]), resolve=True
-    )
+    task = OmegaConf.to_container(OmegaConf.masked_copy(config, list(GROUPS)), resolve=True, enum_to_str=True)
     flat = tracking.flatten(task)
     return {k: v for k, v in sorted(flat.items()) if k not in searched and k not in RUNTIME_KEYS}
 
@@ -149,11 +148,7 @@ def check_search_space(config: DictConfig, keys: list[str]) -> None:
     """An unknown key would fail every trial: stop before the first."""
     task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
     for key in keys:
-        if (
-            key.startswith(("hydra.", "hydra/", "+", "~"))
-            or "/" in key
-            or key in ("model", "optimizer", "data", "trainer")
-        ):
+        if key.startswith(("hydra.", "hydra/", "+", "~")) or "/" in key or key in GROUPS:
             continue  # Hydra's own keys, additions, deletions and group choices are checked by Hydra
         if OmegaConf.select(task, key, default=_MISSING) is _MISSING:
             raise ConfigError(

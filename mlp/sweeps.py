@@ -188,16 +188,20 @@ def trial_config(client: MlflowClient, run: Any | None, trial: optuna.trial.Froz
             raise UserError(f"trial {trial.number}: cannot read config.yaml of MLflow run {run.info.run_id}") from e
 
 
-def best_values(cfg: DictConfig) -> dict[str, Any]:
-    """What model=best sets: the whole model, optimizer and trainer sections and the split."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+def best_values(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """What model=best sets: the group options the trial used (``defaults: - override
+    /optimizer: sgd``, so a winner found with any optimizer reproduces), and the values of the
+    model, optimizer, schedule and trainer sections and of the split."""
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     data = resolved["data"]
-    return {
-        "model": resolved["model"],
-        "optimizer": {k: v for k, v in resolved["optimizer"].items() if k != "name"},
-        "trainer": resolved["trainer"],
-        "data": {k: data[k] for k in ("val_size", "split_seed", "max_shift")},
-    }
+    chosen = {g: (choices or {}).get(f"hydra.choice.{g}") for g in ("optimizer", "schedule")}
+    values: dict[str, Any] = {"defaults": [{f"override /{g}": c} for g, c in chosen.items() if c]}
+    values.update({g: {k: v for k, v in resolved[g].items() if k != "_target_"} for g in ("optimizer", "schedule")})
+    values.update(model=resolved["model"], trainer=resolved["trainer"])
+    values["data"] = {k: data[k] for k in ("val_size", "split_seed", "max_shift")}
+    if not values["defaults"]:
+        del values["defaults"]
+    return values
 
 
 def winner_yaml(
@@ -252,7 +256,8 @@ def update_winner(
     if recorded_winner(path) == (study.study_name, best.number):
         return False
     runs = trial_runs(client, study)
-    values = best_values(trial_config(client, runs.get(best.number), best))
+    run = runs.get(best.number)
+    values = best_values(trial_config(client, run, best), run.data.tags if run else None)
     if path.exists():
         client.log_artifact(parent_id, str(path), artifact_path="previous")
     write_atomic(path, winner_yaml(study.study_name, best, values, runs[best.number].info.run_id, path))

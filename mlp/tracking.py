@@ -158,7 +158,7 @@ def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], run_id: str 
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
         if run_id is not None:
             mlflow.set_tags(tags)
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         # A single run's sweep.* keys are all null: not params worth a column.
         mlflow.log_params({k: v for k, v in flatten(resolved).items() if not (k.startswith("sweep.") and v is None)})
         mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")

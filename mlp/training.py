@@ -6,10 +6,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 
 from mlp.errors import DivergedError
 
@@ -25,36 +27,34 @@ class Evaluation:
     confidence: torch.Tensor  # [N] softmax probability of the predicted class
 
 
-def make_optimizer(
-    model: nn.Module, name: str, lr: float, weight_decay: float, **extra: float
-) -> torch.optim.Optimizer:
-    """``extra``: beta1/beta2 for adamw, momentum/nesterov for sgd."""
-    # Fused kernels do the whole update in one pass: measurably faster on CPU and GPU.
-    if name == "adamw":
-        betas = (extra["beta1"], extra["beta2"])
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, betas=betas, fused=True)
-    if name == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            lr=lr,
-            weight_decay=weight_decay,
-            momentum=extra["momentum"],
-            nesterov=bool(extra["nesterov"]),
-            fused=True,
-        )
-    raise ValueError(f"unknown optimizer {name!r}")
+def make_optimizer(spec: Any, model: nn.Module) -> torch.optim.Optimizer:
+    """The optimizer an ``optimizer`` config names (``_target_`` + arguments) over the model's
+    parameters: a new optimizer is a new YAML file."""
+    from hydra.utils import instantiate
+
+    return instantiate(spec, params=model.parameters(), _execution_whitelist_="torch.optim.*")
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int, warmup: float):
-    """A per-step learning-rate schedule whose peak is the optimizer's lr."""
-    if schedule == "onecycle":
-        peak = optimizer.param_groups[0]["lr"]
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=warmup)
-    if schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
-    if schedule == "none":
-        return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    raise ValueError(f"unknown schedule {schedule!r}")
+def make_schedule(spec: Any, optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler:
+    """The per-step learning-rate scheduler a ``schedule`` config names (one of the functions
+    below, or any with the same first two arguments)."""
+    from hydra.utils import instantiate
+
+    return instantiate(spec, optimizer=optimizer, total_steps=total_steps, _execution_whitelist_=("mlp.training.*",))
+
+
+def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float) -> LRScheduler:
+    """Rise to the optimizer's lr over the first ``warmup`` of the steps, then anneal."""
+    peak = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=warmup)
+
+
+def cosine(optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler:
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+
+
+def constant(optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler:
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
 @torch.inference_mode()

@@ -141,7 +141,7 @@ def test_same_config_and_seed_give_identical_metrics(tiny_cfg) -> None:
 
 
 def test_divergence_fails_the_run_in_mlflow(tiny_cfg) -> None:
-    cfg = tiny_cfg("optimizer=sgd", "optimizer.lr=1e30", "optimizer.schedule=none", "tracking.log_model=false")
+    cfg = tiny_cfg("optimizer=sgd", "optimizer.lr=1e30", "schedule=constant", "tracking.log_model=false")
     with pytest.raises(DivergedError, match="non-finite"):
         run(cfg)
     client = MlflowClient(tracking_uri(cfg.tracking))

@@ -134,7 +134,7 @@ def test_a_study_refuses_a_sweep_with_another_fixed_config(swept: Sweep) -> None
 
 def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     sweep = Sweep(tmp_path, study="fail")
-    sweep.run(4, "optimizer=sgd", "optimizer.schedule=none", "optimizer.lr=choice(0.01,1e30)")
+    sweep.run(4, "optimizer=sgd", "schedule=constant", "optimizer.lr=choice(0.01,1e30)")
     states = {t.params["optimizer.lr"]: t.state.name for t in sweep.study_trials()}
     assert states == {0.01: "COMPLETE", 1e30: "FAIL"}
     failed = [c for c in sweep.runs("child") if c.info.status == "FAILED"]
@@ -143,6 +143,13 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> No
         "DivergedError"
     )
     assert sweep.best.exists()  # written from the trials that completed
+    # The winner was found with SGD and a constant schedule: its file selects them itself.
+    from tests.conftest import compose_cfg
+
+    assert "- override /optimizer: sgd\n" in sweep.best.read_text()
+    cfg = compose_cfg(["model=best_fail", "data=synthetic", f"hydra.searchpath=[file://{tmp_path}/conf]"])
+    assert (cfg.optimizer._target_, cfg.schedule._target_) == ("torch.optim.SGD", "mlp.training.constant")
+    assert cfg.optimizer.lr == 0.01 and cfg.optimizer.momentum == 0.9
 
 
 @pytest.mark.parametrize(
@@ -180,7 +187,7 @@ def test_a_study_with_another_direction_is_refused(tmp_path: Path) -> None:
 
 def test_a_sweep_where_no_trial_completes_ends_with_one_clear_line(tmp_path: Path) -> None:
     sweep = Sweep(tmp_path, study="none-complete")
-    done = run_train(*sweep.args(1, "optimizer=sgd", "optimizer.schedule=none", "optimizer.lr=1e30"), cwd=tmp_path)
+    done = run_train(*sweep.args(1, "optimizer=sgd", "schedule=constant", "optimizer.lr=1e30"), cwd=tmp_path)
     assert done.returncode == 2
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: no trial of study 'none-complete' completed (1 failed, 0 pruned)"), done.stderr
