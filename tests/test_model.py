@@ -40,3 +40,41 @@ def test_bad_values_are_refused(kwargs: dict) -> None:
 
 def test_describe() -> None:
     assert describe(4, 512, "leaky_relu") == "mlp-4x512-leaky_relu"
+
+
+def test_random_shift_translates_each_image_by_its_own_offset() -> None:
+    from mlp.data import MEAN, STD, RandomShift
+
+    background = (0 - MEAN) / STD
+    images = torch.full((400, 28, 28), background)
+    images[:, 14, 14] = 5.0  # one bright pixel in the middle of each
+    shifted = RandomShift(2, "cpu")(images.flatten(1), torch.Generator().manual_seed(0)).view(-1, 28, 28)
+    where = (shifted == 5.0).nonzero()[:, 1:]  # [400, 2]: row and column of the pixel in each output
+    assert len(where) == 400  # moved, never lost or doubled
+    offsets = {tuple((w - 14).tolist()) for w in where}
+    assert offsets == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}  # every offset up to 2 pixels
+    assert ((shifted == 5.0) | (shifted == background)).all()  # the rest is background
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("onecycle", lambda lrs: max(lrs) == pytest.approx(0.1) and lrs.index(max(lrs)) in (24, 25) and lrs[-1] < 1e-4),
+        ("cosine", lambda lrs: lrs[0] == pytest.approx(0.1) and lrs[-1] < 1e-3 and lrs == sorted(lrs, reverse=True)),
+        ("constant", lambda lrs: set(lrs) == {0.1}),
+    ],
+)
+def test_each_schedule_config_makes_its_learning_rate_curve(schedule: str, expected) -> None:
+    from mlp import training
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg([f"schedule={schedule}", "optimizer=sgd", "optimizer.lr=0.1"])
+    optimizer = training.make_optimizer(cfg.optimizer, nn.Linear(2, 2))
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["momentum"] == 0.9
+    scheduler = training.make_schedule(cfg.schedule, optimizer, total_steps=100)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert expected(lrs), lrs[:3] + lrs[-3:]
