@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run train test ui services services-stop bench bench-pruning bench-scale lint clean
+.PHONY: run train test ui services services-stop bench bench-parts bench-pruning bench-scale lint clean
 
 run: train
 
@@ -34,6 +34,10 @@ services-stop: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py $(ARGS)
+
+# Where one run's wall time goes: training, validation, data, test, figures, model, the rest.
+bench-parts: $(STAMP)
+	$(BIN)/python benchmarks/run_parts.py $(ARGS)
 
 # Unpruned vs pruned (median) sweep, 30 trials each (about 32 minutes on 2 cores; ARGS=--quick: 1 minute).
 bench-pruning: $(STAMP)

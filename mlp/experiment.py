@@ -6,10 +6,12 @@ in-process; it returns the run's metrics and where it was logged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -102,6 +104,21 @@ def _sweep_dir() -> str:
     return str(HydraConfig.get().sweep.dir) if HydraConfig.initialized() else ""
 
 
+class Phases:
+    """Seconds spent in the named parts of a run besides training (logged as ``time/*``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
 def _progress_bar(enabled: bool, total: int):
     """A tqdm bar over one epoch's batches on a terminal, else None."""
     if not (enabled and sys.stderr.isatty()):
@@ -117,7 +134,9 @@ def run(cfg: DictConfig) -> RunResult:
     t, m, d = cfg.trainer, cfg.model, cfg.data
     device = pick_device(t.device, cfg.sweep.slot)
     generator = _set_up_torch(t)
-    splits = data.load_config(d, str(device))
+    clock = Phases()
+    with clock("data"):
+        splits = data.load_config(d, str(device))
     model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout).to(device)
     optimizer = training.make_optimizer(cfg.optimizer, model)
     steps_per_epoch = -(-len(splits.train_x) // t.batch_size)
@@ -198,7 +217,8 @@ def run(cfg: DictConfig) -> RunResult:
                 100 * history[-1]["val/acc"],
             )
             tracking.mark_pruned(epochs_run)
-        test = training.evaluate(model, splits.test_x, splits.test_y)
+        with clock("test"):
+            test = training.evaluate(model, splits.test_x, splits.test_y)
         final = {
             "test/loss": test.loss,
             "test/acc": test.acc,
@@ -217,16 +237,22 @@ def run(cfg: DictConfig) -> RunResult:
             [{"digit": k, **{m_: round(per_class[m_][k], 6) for m_ in per_class}} for k in range(10)],
             "per_class_metrics.csv",
         )
-        tracking.log_figure(plots.confusion_matrix_figure(cm), "confusion_matrix.png")
-        tracking.log_figure(plots.learning_curves_figure(history), "learning_curves.png")
-        tracking.log_figure(
-            plots.misclassified_figure(
-                splits.test_images, splits.test_y.cpu(), test.preds.cpu(), test.confidence.cpu()
-            ),
-            "misclassified.png",
-        )
+        with clock("figures"):
+            tracking.log_figure(plots.confusion_matrix_figure(cm), "confusion_matrix.png")
+            tracking.log_figure(plots.learning_curves_figure(history), "learning_curves.png")
+            tracking.log_figure(
+                plots.misclassified_figure(
+                    splits.test_images, splits.test_y.cpu(), test.preds.cpu(), test.confidence.cpu()
+                ),
+                "misclassified.png",
+            )
         if cfg.tracking.log_model:
-            tracking.log_model(model, splits.test_x[:4].cpu().numpy())
+            with clock("model"):
+                tracking.log_model(model, splits.test_x[:4].cpu().numpy())
+        clock.seconds["validation"] = sum(h.get("val_seconds", 0.0) for h in history)
+        timings = {f"time/{k}_seconds": v for k, v in clock.seconds.items()}
+        tracking.log_epoch({"epoch": epochs_run, **timings})
+        final.update(timings)
 
     uri = tracking.tracking_uri(cfg.tracking)
     last = history[-1]

@@ -156,8 +156,9 @@ def fit(
         seconds = time.perf_counter() - start
         metrics = {"epoch": epoch, "train/loss": train_loss, "train/acc": train_acc, "lr": lr, "epoch_seconds": seconds}
         if epoch % val_every == 0 or epoch == epochs:
+            start = time.perf_counter()
             val = evaluate(model, val_x, val_y)
-            metrics.update({"val/loss": val.loss, "val/acc": val.acc})
+            metrics.update({"val/loss": val.loss, "val/acc": val.acc, "val_seconds": time.perf_counter() - start})
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()) or not math.isfinite(
             metrics.get("val/loss", 0.0)
         ):

@@ -1,0 +1,79 @@
+"""Where the wall time of one run goes: `python train.py ARGS` timed as a whole process, split
+into training (the epochs' own seconds) and everything else, part by part, from what the run
+logs to MLflow (``train_seconds`` and ``time/*_seconds``).
+
+    python benchmarks/run_parts.py                     # the default run (about a minute on 2 cores)
+    python benchmarks/run_parts.py --repeat 3          # three runs in one store, each printed, then the median share
+    python benchmarks/run_parts.py data=synthetic trainer.epochs=2   # a smoke run, seconds
+
+The runs log to a temporary folder; mlruns/ is left alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTS = {  # logged metric -> what the row says
+    "time/data_seconds": "data: read, check, split, normalise",
+    "time/validation_seconds": "validation after epochs",
+    "time/test_seconds": "test set",
+    "time/figures_seconds": "figures (3 PNG) to MLflow",
+    "time/model_seconds": "model to MLflow (pt2)",
+}
+
+
+def one_run(folder: Path, overrides: list[str]) -> dict[str, float]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
+    cmd = [sys.executable, str(ROOT / "train.py"), f"tracking.dir={folder}/mlruns", f"hydra.run.dir={folder}/out"]
+    start = time.perf_counter()
+    done = subprocess.run([*cmd, "trainer.progress=false", *overrides], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"error: the run failed:\n{done.stderr[-2000:]}")
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    run = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id], max_results=1)[0]
+    return {"wall": wall, **run.data.metrics}  # the latest run
+
+
+def report(m: dict[str, float]) -> float:
+    """Print one run's parts; return the share of its wall spent outside training."""
+    train = m["train_seconds"]
+    parts = {label: m.get(key, 0.0) for key, label in PARTS.items()}
+    rest = m["wall"] - train - sum(parts.values())
+    rows = [("whole process (wall)", m["wall"]), ("training epochs", train), *parts.items()]
+    rows.append(("the rest: start-up, MLflow run and logging, exit", rest))
+    for label, seconds in rows:
+        print(f"  {label:<50} {seconds:7.2f} s  {seconds / m['wall']:6.1%}")
+    outside = 1 - train / m["wall"]
+    print(f"  {'outside training':<50} {m['wall'] - train:7.2f} s  {outside:6.1%}")
+    return outside
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=1, help="runs to time (default 1)")
+    parser.add_argument("overrides", nargs="*", help="train.py overrides (default: none, the default run)")
+    args = parser.parse_args()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    print(f"CPU: {cpu} ({os.cpu_count()} cores)   date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"command: python train.py {' '.join(args.overrides)}")
+    shares = []
+    with tempfile.TemporaryDirectory(prefix="run-parts-") as tmp:  # one store: the first run creates it
+        for i in range(args.repeat):
+            print(f"run {i + 1}{' (creates the MLflow store)' if i == 0 else ''}:", flush=True)
+            shares.append(report(one_run(Path(tmp), args.overrides)))
+    print(f"outside training, median of {len(shares)}: {statistics.median(shares):.1%} of the wall")
+
+
+if __name__ == "__main__":
+    main()
