@@ -5,11 +5,13 @@
 - its achieved training GFLOP/s next to this machine's fp32 matrix-product peak, measured
   here and now with square products of several sizes just before each timed epoch (a
   shared machine's speed drifts; each epoch is compared with the peak of its moment);
+- the same epochs with the forward pass under bfloat16 autocast (trainer.precision=bf16);
 - the same model trained for one epoch by the conventional pipeline: torchvision MNIST with
   ToTensor + Normalize, DataLoader with batch 64; and the speed-up of ours over it.
 
     python benchmarks/epoch_speed.py            # 3 timed epochs of ours, 1 conventional (about a minute)
     python benchmarks/epoch_speed.py --quick    # 1 epoch each, smaller peak measurement
+    python benchmarks/epoch_speed.py --accuracy # ...and a whole default run in fp32 and in bf16 (about 2 minutes more)
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def build(cfg, device: torch.device) -> tuple[MLP, torch.optim.Optimizer]:
 
 
 def ours(
-    cfg, device: torch.device, epochs: int, peak: Callable[[], float]
+    cfg, device: torch.device, epochs: int, peak: Callable[[], float], precision: str = "fp32"
 ) -> tuple[list[float], list[float], int, int]:
     """Seconds of each training epoch (validation excluded), the matmul peak measured just
     before each (the machine's speed drifts: each epoch is compared with its own), images
@@ -77,7 +79,15 @@ def ours(
             torch.cuda.synchronize()
         start = time.perf_counter()
         training.train_epoch(
-            model, splits.train_x, splits.train_y, optimizer, schedule, cfg.trainer.batch_size, generator, augment
+            model,
+            splits.train_x,
+            splits.train_y,
+            optimizer,
+            schedule,
+            cfg.trainer.batch_size,
+            generator,
+            augment,
+            precision=precision,
         )
         times.append(time.perf_counter() - start)  # train_epoch ends with .item(): synchronised
     return times, peaks, len(splits.train_x), training_flops(model)
@@ -112,6 +122,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs of our loop (median is reported)")
     parser.add_argument("--quick", action="store_true", help="1 epoch each and a shorter peak measurement")
+    parser.add_argument("--accuracy", action="store_true", help="also train a whole run in fp32 and in bf16")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.batch_size=256")
     args = parser.parse_args()
     epochs = 1 if args.quick else args.epochs
@@ -136,6 +147,8 @@ def main() -> None:
     epoch = statistics.median(times)
     achieved = images * flops / epoch / 1e9
     ratio = statistics.median(images * flops / t / 1e9 / p for t, p in zip(times, peaks, strict=True))
+    bf16_times, _, _, _ = ours(cfg, device, epochs, lambda: float("nan"), precision="bf16")
+    bf16_epoch = statistics.median(bf16_times)
     base = conventional(cfg, device) if cfg.data.name == "mnist" else float("nan")  # torchvision's MNIST only
 
     rows = [
@@ -144,12 +157,26 @@ def main() -> None:
         ("training GFLOP/s achieved", f"{achieved:.1f}"),
         (f"fp32 matmul peak GFLOP/s (measured, median of {len(peaks)})", f"{statistics.median(peaks):.1f}"),
         ("achieved / peak (median over epochs, each vs its own peak)", f"{ratio:.0%}"),
+        (f"bf16 autocast epoch (s, median of {len(bf16_times)})", f"{bf16_epoch:.2f}"),
+        ("bf16 speed-up over fp32", f"{epoch / bf16_epoch:.2f}x"),
         ("conventional epoch (s, DataLoader batch 64)", f"{base:.2f}" if base == base else "n/a (MNIST only)"),
         ("speed-up (conventional / ours)", f"{base / epoch:.1f}x" if base == base else "n/a"),
     ]
+    if args.accuracy:  # whole runs, as train.py does them, in each precision
+        import tempfile
+
+        from mlp.experiment import run
+
+        with tempfile.TemporaryDirectory() as tmp:  # one MLflow store for both runs
+            for precision in ("fp32", "bf16"):
+                extra = [f"trainer.precision={precision}", f"tracking.dir={tmp}", "tracking.log_model=false"]
+                with initialize_config_dir(config_dir=str(mlp.config.PROJECT_ROOT / "conf")):
+                    result = run(compose(config_name="config", overrides=[*args.overrides, *extra]))
+                rows.append((f"{precision}: test accuracy of a whole run", f"{result.test_acc:.2%}"))
+                rows.append((f"{precision}: training seconds of that run", f"{result.metrics['train_seconds']:.1f}"))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        print(f"{key:<{width}}  {value:>10}")
+        print(f"{key:<{width}}  {value:>16}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,11 @@ GROUPS = ("model", "optimizer", "schedule", "data", "trainer")  # the config gro
 Activation = StrEnum("Activation", {name: name for name in ACTIVATIONS})
 
 
+class Precision(StrEnum):
+    fp32 = "fp32"  # float32 throughout
+    bf16 = "bf16"  # forward pass under bfloat16 autocast; weights and updates float32
+
+
 @dataclass
 class ModelConfig:
     num_layers: int = MISSING
@@ -97,6 +102,7 @@ class TrainerConfig:
     device: str = MISSING
     threads: int = MISSING
     deterministic: bool = MISSING
+    precision: Precision = MISSING
     val_every: int = MISSING
     progress: bool = MISSING
 

@@ -202,6 +202,7 @@ def run(cfg: DictConfig) -> RunResult:
                 on_epoch,
                 on_batch=bar.update if bar else None,
                 val_every=1 if link is not None else t.val_every,  # a pruner judges every epoch
+                precision=t.precision,
             )
         finally:
             if bar is not None:

@@ -80,9 +80,13 @@ def train_epoch(
     generator: torch.Generator,
     augment: Augment | None = None,
     on_batch: Callable[[], None] | None = None,
+    precision: str = "fp32",
 ) -> tuple[float, float]:
-    """One pass over (x, y) in shuffled batches taken by index; returns (mean loss, accuracy)."""
+    """One pass over (x, y) in shuffled batches taken by index; returns (mean loss, accuracy).
+    ``precision="bf16"``: the forward pass under bfloat16 autocast (weights, optimizer state
+    and the update stay float32)."""
     model.train()
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     n = len(x)
     order = torch.randperm(n, generator=generator).to(x.device)
     loss_sum = torch.zeros((), device=x.device)
@@ -92,8 +96,9 @@ def train_epoch(
         xb, yb = x[idx], y[idx]
         if augment is not None:
             xb = augment(xb, generator)
-        logits = model(xb)
-        loss = F.cross_entropy(logits, yb)
+        with autocast:
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -142,6 +147,7 @@ def fit(
     on_epoch: Callable[[dict[str, float]], bool | None] = lambda metrics: None,
     on_batch: Callable[[], None] | None = None,
     val_every: int = 1,
+    precision: str = "fp32",
 ) -> list[dict[str, float]]:
     """Train for ``epochs``; after each, call ``on_epoch`` with that epoch's metrics (with
     validation loss and accuracy after every ``val_every``-th epoch and the last).
@@ -151,7 +157,7 @@ def fit(
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(
-            model, train_x, train_y, optimizer, schedule, batch_size, generator, augment, on_batch
+            model, train_x, train_y, optimizer, schedule, batch_size, generator, augment, on_batch, precision
         )
         seconds = time.perf_counter() - start
         metrics = {"epoch": epoch, "train/loss": train_loss, "train/acc": train_acc, "lr": lr, "epoch_seconds": seconds}

@@ -10,6 +10,7 @@ every exception from a job as an error with its traceback.) Nothing here imports
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import optuna
@@ -31,6 +32,13 @@ def open_storage(url: str, **heartbeat: Any) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, **kwargs, **heartbeat)
 
 
+@functools.cache
+def job_storage(url: str) -> optuna.storages.RDBStorage:
+    """One storage (one connection pool) per URL for all the trials a process runs: a sweep's
+    in-process trials would otherwise each open a pool of their own."""
+    return open_storage(url)
+
+
 class TrialLink:
     """One running trial of a pruned sweep, opened from its storage by study name and number."""
 
@@ -42,7 +50,7 @@ class TrialLink:
         """The link when the trial belongs to a pruned sweep, else None (nothing to report)."""
         if storage is None or study_name is None or number is None:
             return None
-        rdb = open_storage(storage)
+        rdb = job_storage(storage)
         trial_id = rdb.get_trial_id_from_study_id_trial_number(rdb.get_study_id_from_name(study_name), number)
         pruner = cls.pruner(rdb.get_trial(trial_id).user_attrs.get("pruner"))
         if pruner is None:

@@ -367,7 +367,9 @@ def pg_init(pg_bin: Path, data: Path, host: str) -> None:
 
 def pg_start(pg_bin: Path, data: Path, port: int, host: str) -> None:
     listen = "*" if host in ("0.0.0.0", "*") else ("127.0.0.1" if host == "127.0.0.1" else f"127.0.0.1,{host}")
-    opts = f"-p {port} -k '{data}' -c listen_addresses='{listen}'"
+    # Every sweep worker holds a few connections (its study, its trials' jobs, MLflow's server
+    # pool): more than the default 100, so that tens of workers fit.
+    opts = f"-p {port} -k '{data}' -c listen_addresses='{listen}' -c max_connections=500"
     cmd = [str(pg_bin / "pg_ctl"), "-D", str(data), "-l", str(data / "postgres.log"), "-o", opts, "-w", "-t", "60"]
     log(f"PostgreSQL: starting on {host}:{port}")
     done = pg_run([*cmd, "start"], "pg_ctl start", check=False)

@@ -44,9 +44,10 @@ def worker(
 def kill_mid_trial(victim: subprocess.Popen, storage: str, timeout: float = 120) -> int:
     """SIGKILL ``victim`` while one of its trials runs; that trial's number."""
     deadline = time.monotonic() + timeout
+    rdb = open_storage(storage)  # one pool for the whole wait; never creates a new SQLite file's tables at once
     while time.monotonic() < deadline:
-        try:  # open_storage: never creates a new SQLite file's tables at the same moment as a worker
-            trials = optuna.load_study(study_name="workers", storage=open_storage(storage)).get_trials(deepcopy=False)
+        try:
+            trials = optuna.load_study(study_name="workers", storage=rdb).get_trials(deepcopy=False)
         except KeyError:  # not created yet
             trials = []
         for t in trials:
