@@ -84,9 +84,9 @@ def ours(
             splits.train_y,
             optimizer,
             schedule,
-            cfg.trainer.batch_size,
-            generator,
-            augment,
+            batch_size=cfg.trainer.batch_size,
+            generator=generator,
+            augment=augment,
             precision=precision,
         )
         times.append(time.perf_counter() - start)  # train_epoch ends with .item(): synchronised

@@ -11,8 +11,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from omegaconf import DictConfig
@@ -141,65 +142,25 @@ def run(cfg: DictConfig) -> RunResult:
     optimizer = training.make_optimizer(cfg.optimizer, model)
     steps_per_epoch = -(-len(splits.train_x) // t.batch_size)
     schedule = training.make_schedule(cfg.schedule, optimizer, t.epochs * steps_per_epoch)
-
     augment = data.RandomShift(d.max_shift, device) if d.max_shift > 0 else None
-
-    sweeping = in_sweep()
-    epoch_level = logging.DEBUG if sweeping else logging.INFO
-    name = cfg.tracking.run_name or describe(m.num_layers, m.layer_size, m.activation)
-    tags = {**tracking.run_tags(_overrides(), str(device), t.seed), **_choices()}
-    if cfg.sweep.trial is not None:  # a sweep trial: its run was opened by the sweeper, nested under the study's
-        name = f"trial-{cfg.sweep.trial:03d} {name}"
-        tags["sweep.dir"] = _sweep_dir()
     link = TrialLink.open(cfg.sweep.storage, cfg.sweep.study, cfg.sweep.trial)  # None unless pruning
-    log.info(
-        "%s on %s: %d train / %d val / %d test images",
-        name,
-        device,
-        len(splits.train_x),
-        len(splits.val_x),
-        len(splits.test_x),
-    )
+    name, tags = _name_and_tags(cfg, str(device))
+    sizes = (len(splits.train_x), len(splits.val_x), len(splits.test_x))
+    log.info("%s on %s: %d train / %d val / %d test images", name, device, *sizes)
 
     with tracking.start_run(cfg, name, tags, run_id=cfg.sweep.run_id) as active:
-        bar = _progress_bar(t.progress and not sweeping, steps_per_epoch)
-
-        def on_epoch(metrics: dict[str, float]) -> bool:
-            tracking.log_epoch(metrics)
-            if bar is not None:
-                bar.reset()
-            val = (
-                f"val loss {metrics['val/loss']:.4f} acc {100 * metrics['val/acc']:.2f}%"
-                if "val/acc" in metrics
-                else ""
-            )
-            log.log(
-                epoch_level,
-                "epoch %2d/%d  train loss %.4f acc %.2f%%  %s  lr %.2e  %.1fs",
-                metrics["epoch"],
-                t.epochs,
-                metrics["train/loss"],
-                100 * metrics["train/acc"],
-                val,
-                metrics["lr"],
-                metrics["epoch_seconds"],
-            )
-            return link is not None and link.should_stop(int(metrics["epoch"]), t.epochs, metrics["val/acc"])
-
+        bar = _progress_bar(t.progress and not in_sweep(), steps_per_epoch)
         try:
             history = training.fit(
                 model,
-                splits.train_x,
-                splits.train_y,
-                splits.val_x,
-                splits.val_y,
+                splits,
                 optimizer,
                 schedule,
-                t.epochs,
-                t.batch_size,
-                generator,
-                augment,
-                on_epoch,
+                epochs=t.epochs,
+                batch_size=t.batch_size,
+                generator=generator,
+                augment=augment,
+                on_epoch=_epoch_reporter(t.epochs, bar, link),
                 on_batch=bar.update if bar else None,
                 val_every=1 if link is not None else t.val_every,  # a pruner judges every epoch
                 precision=t.precision,
@@ -207,62 +168,89 @@ def run(cfg: DictConfig) -> RunResult:
         finally:
             if bar is not None:
                 bar.close()
+        if len(history) < t.epochs:  # pruned: what follows describes the model where it stopped
+            val_acc = 100 * history[-1]["val/acc"]
+            log.info("%s: pruned after epoch %d/%d (val acc %.2f%%)", name, len(history), t.epochs, val_acc)
+            tracking.mark_pruned(len(history))
+        final = _test_and_report(cfg, model, splits, history, clock)
 
-        epochs_run = len(history)
-        if epochs_run < t.epochs:  # pruned: what follows describes the model where it stopped
-            log.info(
-                "%s: pruned after epoch %d/%d (val acc %.2f%%)",
-                name,
-                epochs_run,
-                t.epochs,
-                100 * history[-1]["val/acc"],
-            )
-            tracking.mark_pruned(epochs_run)
-        with clock("test"):
-            test = training.evaluate(model, splits.test_x, splits.test_y)
-        final = {
-            "test/loss": test.loss,
-            "test/acc": test.acc,
-            "train_seconds": sum(h["epoch_seconds"] for h in history),
-            "epochs_run": epochs_run,
-        }
-        cm = training.confusion_matrix(splits.test_y, test.preds)
-        per_class = training.per_class_metrics(cm)  # a table (per_class_metrics.csv), not 30 one-point charts
-        tracking.log_epoch({"epoch": epochs_run, **final})
-
-        tracking.log_table(
-            [{"true": r, **{f"pred_{c}": int(cm[r, c]) for c in range(10)}} for r in range(10)],
-            "confusion_matrix.csv",
-        )
-        tracking.log_table(
-            [{"digit": k, **{m_: round(per_class[m_][k], 6) for m_ in per_class}} for k in range(10)],
-            "per_class_metrics.csv",
-        )
-        with clock("figures"):
-            tracking.log_figure(plots.confusion_matrix_figure(cm), "confusion_matrix.png")
-            tracking.log_figure(plots.learning_curves_figure(history), "learning_curves.png")
-            tracking.log_figure(
-                plots.misclassified_figure(
-                    splits.test_images, splits.test_y.cpu(), test.preds.cpu(), test.confidence.cpu()
-                ),
-                "misclassified.png",
-            )
-        if cfg.tracking.log_model:
-            with clock("model"):
-                tracking.log_model(model, splits.test_x[:4].cpu().numpy())
-        clock.seconds["validation"] = sum(h.get("val_seconds", 0.0) for h in history)
-        timings = {f"time/{k}_seconds": v for k, v in clock.seconds.items()}
-        tracking.log_epoch({"epoch": epochs_run, **timings})
-        final.update(timings)
-
-    uri = tracking.tracking_uri(cfg.tracking)
     last = history[-1]
-    log.info("%s: val acc %.2f%%, test acc %.2f%%", name, 100 * last["val/acc"], 100 * test.acc)
+    log.info("%s: val acc %.2f%%, test acc %.2f%%", name, 100 * last["val/acc"], 100 * final["test/acc"])
     return RunResult(
         val_acc=last["val/acc"],
-        test_acc=test.acc,
+        test_acc=final["test/acc"],
         run_id=active.info.run_id,
         experiment_id=active.info.experiment_id,
-        tracking_uri=uri,
+        tracking_uri=tracking.tracking_uri(cfg.tracking),
         metrics={**last, **final},
     )
+
+
+def _name_and_tags(cfg: DictConfig, device: str) -> tuple[str, dict[str, str]]:
+    """The run's name (e.g. mlp-4x512-leaky_relu; trial-017 mlp-... in a sweep) and its tags."""
+    m = cfg.model
+    name = cfg.tracking.run_name or describe(m.num_layers, m.layer_size, m.activation)
+    tags = {**tracking.run_tags(_overrides(), device, cfg.trainer.seed), **_choices()}
+    if cfg.sweep.trial is not None:  # a sweep trial: its run was opened by the sweeper, nested under the study's
+        name = f"trial-{cfg.sweep.trial:03d} {name}"
+        tags["sweep.dir"] = _sweep_dir()
+    return name, tags
+
+
+def _epoch_reporter(epochs: int, bar: Any, link: TrialLink | None) -> Callable[[dict[str, float]], bool]:
+    """What happens after each epoch: metrics to MLflow, a log line (DEBUG in a sweep), the
+    pruner's verdict (True: stop)."""
+    level = logging.DEBUG if in_sweep() else logging.INFO
+
+    def on_epoch(metrics: dict[str, float]) -> bool:
+        tracking.log_epoch(metrics)
+        if bar is not None:
+            bar.reset()
+        val = f"val loss {metrics['val/loss']:.4f} acc {100 * metrics['val/acc']:.2f}%" if "val/acc" in metrics else ""
+        log.log(
+            level,
+            "epoch %2d/%d  train loss %.4f acc %.2f%%  %s  lr %.2e  %.1fs",
+            metrics["epoch"], epochs, metrics["train/loss"], 100 * metrics["train/acc"], val, metrics["lr"],
+            metrics["epoch_seconds"],
+        )  # fmt: skip
+        return link is not None and link.should_stop(int(metrics["epoch"]), epochs, metrics["val/acc"])
+
+    return on_epoch
+
+
+def _test_and_report(
+    cfg: DictConfig, model: MLP, splits: data.Splits, history: list[dict[str, float]], clock: Phases
+) -> dict[str, float]:
+    """Test once, then log the final metrics, tables, figures, the model and the time each took."""
+    epochs_run = len(history)
+    with clock("test"):
+        test = training.evaluate(model, splits.test_x, splits.test_y)
+    final = {
+        "test/loss": test.loss,
+        "test/acc": test.acc,
+        "train_seconds": sum(h["epoch_seconds"] for h in history),
+        "epochs_run": epochs_run,
+    }
+    tracking.log_epoch({"epoch": epochs_run, **final})
+    cm = training.confusion_matrix(splits.test_y, test.preds)
+    per_class = training.per_class_metrics(cm)  # a table (per_class_metrics.csv), not 30 one-point charts
+    tracking.log_table(
+        [{"true": r, **{f"pred_{c}": int(cm[r, c]) for c in range(10)}} for r in range(10)], "confusion_matrix.csv"
+    )
+    tracking.log_table(
+        [{"digit": k, **{m: round(per_class[m][k], 6) for m in per_class}} for k in range(10)], "per_class_metrics.csv"
+    )
+    with clock("figures"):
+        tracking.log_figure(plots.confusion_matrix_figure(cm), "confusion_matrix.png")
+        tracking.log_figure(plots.learning_curves_figure(history), "learning_curves.png")
+        wrong = plots.misclassified_figure(
+            splits.test_images, splits.test_y.cpu(), test.preds.cpu(), test.confidence.cpu()
+        )
+        tracking.log_figure(wrong, "misclassified.png")
+    if cfg.tracking.log_model:
+        with clock("model"):
+            tracking.log_model(model, splits.test_x[:4].cpu().numpy())
+    clock.seconds["validation"] = sum(h.get("val_seconds", 0.0) for h in history)
+    timings = {f"time/{k}_seconds": v for k, v in clock.seconds.items()}
+    tracking.log_epoch({"epoch": epochs_run, **timings})
+    return {**final, **timings}

@@ -76,6 +76,7 @@ def train_epoch(
     y: torch.Tensor,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
+    *,
     batch_size: int,
     generator: torch.Generator,
     augment: Augment | None = None,
@@ -134,12 +135,10 @@ def per_class_metrics(cm: torch.Tensor) -> dict[str, list[float]]:
 
 def fit(
     model: nn.Module,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
-    val_x: torch.Tensor,
-    val_y: torch.Tensor,
+    splits: Any,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LRScheduler,
+    *,
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
@@ -149,21 +148,23 @@ def fit(
     val_every: int = 1,
     precision: str = "fp32",
 ) -> list[dict[str, float]]:
-    """Train for ``epochs``; after each, call ``on_epoch`` with that epoch's metrics (with
-    validation loss and accuracy after every ``val_every``-th epoch and the last).
+    """Train on ``splits.train_x/train_y`` for ``epochs``; after each, call ``on_epoch`` with
+    that epoch's metrics (with the loss and accuracy on ``splits.val_x/val_y`` after every
+    ``val_every``-th epoch and the last).
     ``on_epoch`` returning True stops training there (a pruned sweep trial)."""
     history = []
     for epoch in range(1, epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         train_loss, train_acc = train_epoch(
-            model, train_x, train_y, optimizer, schedule, batch_size, generator, augment, on_batch, precision
-        )
+            model, splits.train_x, splits.train_y, optimizer, schedule,
+            batch_size=batch_size, generator=generator, augment=augment, on_batch=on_batch, precision=precision,
+        )  # fmt: skip
         seconds = time.perf_counter() - start
         metrics = {"epoch": epoch, "train/loss": train_loss, "train/acc": train_acc, "lr": lr, "epoch_seconds": seconds}
         if epoch % val_every == 0 or epoch == epochs:
             start = time.perf_counter()
-            val = evaluate(model, val_x, val_y)
+            val = evaluate(model, splits.val_x, splits.val_y)
             metrics.update({"val/loss": val.loss, "val/acc": val.acc, "val_seconds": time.perf_counter() - start})
         if not all(bool(torch.isfinite(p).all()) for p in model.parameters()) or not math.isfinite(
             metrics.get("val/loss", 0.0)
