@@ -491,7 +491,13 @@ class StudySweep:
         status = "FAILED"
         try:
             done = 0
+            deadline = time.monotonic() + float(self.settings.timeout or math.inf)
             while done < self.n_trials:
+                if time.monotonic() > deadline:
+                    log.info(
+                        "timeout of %s s reached after %d trial(s): no new trial started", self.settings.timeout, done
+                    )
+                    break
                 self.fail_stale()
                 size = min(self.n_jobs, self.n_trials - done)
                 self.run_batch(size)
@@ -539,7 +545,8 @@ class StudySweep:
             sweeps.report(study, client, self.parent_id)
         best = sweeps.best_trial(study)
         if best is not None and self.settings.best_config:
-            sweeps.update_winner(study, best, client, self.parent_id, self.settings.best_config)
+            replace = bool(self.settings.replace_winner)
+            sweeps.update_winner(study, best, client, self.parent_id, self.settings.best_config, replace)
         busy = self.count(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
         if not busy:
             client.set_terminated(self.parent_id, "FINISHED" if status == "FINISHED" else status)

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1}  # leaderboard order; then FAIL
 SAVE = {"bbox_inches": "tight"}  # Optuna's figures: grow the canvas to hold every label
-WINNER_LINE = re.compile(r"^# winner: study=(?P<study>\S+) trial=(?P<trial>\d+)", re.M)
+WINNER_LINE = re.compile(r"^# winner: study=(?P<study>\S+) trial=(?P<trial>\d+) value=(?P<value>\S+)", re.M)
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
@@ -225,9 +225,15 @@ def winner_yaml(
 
 def recorded_winner(path: Path) -> tuple[str, int] | None:
     """(study, trial) that a winner file says it holds, or None."""
-    with contextlib.suppress(OSError):
+    recorded = winner_record(path)
+    return None if recorded is None else recorded[:2]
+
+
+def winner_record(path: Path) -> tuple[str, int, float] | None:
+    """(study, trial, value) from a winner file's ``# winner:`` line, or None."""
+    with contextlib.suppress(OSError, ValueError):
         if match := WINNER_LINE.search(path.read_text()):
-            return match["study"], int(match["trial"])
+            return match["study"], int(match["trial"]), float(match["value"])
     return None
 
 
@@ -248,12 +254,30 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def update_winner(
-    study: optuna.Study, best: optuna.trial.FrozenTrial, client: MlflowClient, parent_id: str, path: str | Path
+    study: optuna.Study,
+    best: optuna.trial.FrozenTrial,
+    client: MlflowClient,
+    parent_id: str,
+    path: str | Path,
+    replace: bool = False,
 ) -> bool:
-    """Write the study's winner file if its best trial is not the one the file already holds;
-    the file it replaces goes to the parent run's artifacts (``previous/``)."""
+    """Write the study's winner file if its best trial is not the one the file already holds
+    and scores better than the one it holds (or ``replace``); the file it replaces goes to the
+    parent run's artifacts (``previous/``). A better file kept is said in one line and in the
+    parent's tags."""
     path = Path(path)
-    if recorded_winner(path) == (study.study_name, best.number):
+    recorded = winner_record(path)
+    if recorded is not None and recorded[:2] == (study.study_name, best.number):
+        return False
+    better = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    if recorded is not None and not replace and (recorded[2] >= best.value if better else recorded[2] <= best.value):
+        study_name, number, value = recorded
+        log.warning(
+            "kept %s: its trial %d of study %s scored %.4f, this study's best (trial %d) %.4f; "
+            "hydra.sweeper.replace_winner=true replaces it",
+            path, number, study_name, value, best.number, best.value,
+        )  # fmt: skip
+        client.set_tag(parent_id, "winner.kept", f"{path.name}: {value:.4f} (study {study_name}, trial {number})")
         return False
     runs = trial_runs(client, study)
     run = runs.get(best.number)

@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from mlp.sweeps import recorded_winner
 from tests.conftest import ROOT, Sweep, run_train, subprocess_env
@@ -221,3 +222,26 @@ def test_sigint_ends_a_sweep_with_its_trial_fail_and_its_runs_killed(tmp_path: P
     (child,) = sweep.runs("child")
     (parent,) = sweep.runs("parent")
     assert child.info.status == "KILLED" and parent.info.status == "KILLED"
+
+
+def test_a_timeout_stops_starting_trials(tmp_path: Path) -> None:
+    sweep = Sweep(tmp_path, study="budget")
+    done = sweep.run(50, "hydra.sweeper.timeout=0.5")
+    trials = sweep.study_trials()
+    assert 1 <= len(trials) < 50 and {t.state.name for t in trials} == {"COMPLETE"}
+    assert "timeout of 0.5 s reached" in done.stderr + done.stdout
+
+
+def test_a_winner_file_that_scored_better_is_kept(tmp_path: Path) -> None:
+    from mlp.sweeps import update_winner
+
+    path = tmp_path / "best.yaml"
+    text = "# @package _global_\n# winner: study=mnist-mlp trial=17 value=0.9903 run=abc\nmodel:\n  num_layers: 4\n"
+    path.write_text(text)
+    study = optuna.create_study(study_name="mnist-mlp", direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.9885, params={}, distributions={}))
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    parent = client.create_run(client.create_experiment("e")).info.run_id
+    assert not update_winner(study, study.best_trial, client, parent, path)
+    assert path.read_text() == text  # the better winner stays
+    assert client.get_run(parent).data.tags["winner.kept"] == "best.yaml: 0.9903 (study mnist-mlp, trial 17)"

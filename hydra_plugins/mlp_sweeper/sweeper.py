@@ -24,6 +24,8 @@ class StudySweeperConf(OptunaSweeperConf):
     heartbeat_interval: float = 10.0  # seconds between heartbeats of a running trial (RDB storages)
     grace_period: float = 30.0  # a trial with no heartbeat for this long is failed (its worker died)
     max_retry: int = 1  # times a dead worker's trial is run again by another worker
+    timeout: float | None = None  # seconds after which this worker starts no new trial; null: n_trials decides
+    replace_winner: bool = False  # write the winner file even when the one there scored better
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="study_sweeper_schema", node=StudySweeperConf, provider="mlp")
