@@ -130,8 +130,22 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
         fig = first.figure
         fig.set_size_inches(max(fig.get_size_inches()[0], 10), max(fig.get_size_inches()[1], 6))
         legible(fig)
+        if name == "intermediate_values":
+            mark_pruned(first, study)
         figures[f"optuna/{name}.png"] = fig
     return figures
+
+
+def mark_pruned(ax: Any, study: optuna.Study) -> None:
+    """A pruned trial ends where the pruner stopped it: show that end as a large cross, and
+    say so in the legend (Optuna draws a trial stopped after one report as one small dot)."""
+    pruned = {f"Trial{t.number}" for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))}
+    for line in ax.get_lines():
+        if line.get_label() in pruned:
+            line.set(linestyle="--", marker="X", markersize=9, markevery=[-1], markeredgecolor="black")
+            line.set_label(f"{line.get_label()} (pruned)")
+    if pruned:
+        ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", borderaxespad=0)
 
 
 def legible(fig: Any) -> None:
