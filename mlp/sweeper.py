@@ -45,7 +45,7 @@ from mlp import sweeps, tracking
 from mlp.config import GROUPS
 from mlp.errors import ConfigError, UserError, first_line
 from mlp.search_space import SearchSpace
-from mlp.trial import open_storage
+from mlp.trial import make_pruner, open_storage
 
 log = logging.getLogger(__name__)
 # Heartbeats, their stale-trial callback and fail_stale_trials are "experimental" in Optuna 5
@@ -54,32 +54,9 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 # Keys that say where or how fast a trial runs, not what it trains: workers may differ in them.
 RUNTIME_KEYS = ("trainer.device", "trainer.threads", "trainer.progress", "data.root")
-PRUNER_CHOICES = (
-    "hydra/sweeper/pruner=none|median|successive_halving|hyperband, "
-    "or a mapping with _target_: optuna.pruners.<Class> and its arguments"
-)
 STORAGE_CHOICES = "an Optuna RDB storage URL, e.g. sqlite:////abs/path/optuna.db or postgresql://user@host:5432/db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 MAX_DUPLICATE_ASKS = 20  # proposals of configurations the study already has, before it counts as exhausted
-
-
-def make_pruner(spec: Any) -> optuna.pruners.BasePruner | None:
-    """The Optuna pruner a ``hydra.sweeper.pruner`` config asks for; None for no pruning."""
-    if spec is None:
-        return None
-    if not isinstance(spec, dict) or not isinstance(spec.get("_target_"), str):
-        raise ConfigError("hydra.sweeper.pruner", spec, PRUNER_CHOICES)
-    from hydra.utils import instantiate
-
-    try:
-        pruner = instantiate(spec, _execution_whitelist_="optuna.pruners.*")
-    except Exception as e:
-        raise UserError(
-            f"hydra.sweeper.pruner: cannot make {spec['_target_']} ({first_line(e)}); expected {PRUNER_CHOICES}"
-        ) from e
-    if not isinstance(pruner, optuna.pruners.BasePruner):
-        raise ConfigError("hydra.sweeper.pruner", spec, PRUNER_CHOICES)
-    return None if isinstance(pruner, optuna.pruners.NopPruner) else pruner
 
 
 def trial_seed(study_seed: int, number: int) -> int:

@@ -1,8 +1,9 @@
 """The job's side of a sweep trial: report each epoch to its Optuna trial, stop when told.
 
 The sweeper tells a job which trial it is (``sweep.study``, ``sweep.trial``, ``sweep.storage``);
-the job opens that trial in the study storage and, as in Optuna's own pruning examples,
-reports and asks ``should_prune()`` after every epoch. A job told to stop records the epoch on
+the job opens that trial in the study storage and, after every epoch, reports its validation
+accuracy and asks the pruner, as Optuna's ``report`` / ``should_prune`` do, through public
+methods of the storage and the pruner. A job told to stop records the epoch on
 its trial (``pruned_at_epoch``), logs what it has and returns; the sweeper then tells Optuna
 PRUNED. (Raising ``TrialPruned`` out of the job would work too, but Hydra's launchers report
 every exception from a job as an error with its traceback.) Nothing here imports the sweeper.
@@ -15,6 +16,7 @@ from typing import Any
 
 import optuna
 
+from mlp.errors import ConfigError, UserError, first_line
 from mlp.filelock import sqlite_creation_lock
 
 
@@ -39,11 +41,40 @@ def job_storage(url: str) -> optuna.storages.RDBStorage:
     return open_storage(url)
 
 
-class TrialLink:
-    """One running trial of a pruned sweep, opened from its storage by study name and number."""
+PRUNER_CHOICES = (
+    "hydra/sweeper/pruner=none|median|successive_halving|hyperband, "
+    "or a mapping with _target_: optuna.pruners.<Class> and its arguments"
+)
 
-    def __init__(self, study: optuna.Study, trial_id: int):
-        self.trial = optuna.trial.Trial(study, trial_id)
+
+def make_pruner(spec: Any) -> optuna.pruners.BasePruner | None:
+    """The Optuna pruner a ``hydra.sweeper.pruner`` config asks for; None for no pruning."""
+    if not spec:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("_target_"), str):
+        raise ConfigError("hydra.sweeper.pruner", spec, PRUNER_CHOICES)
+    from hydra.utils import instantiate
+
+    try:
+        pruner = instantiate(spec, _execution_whitelist_="optuna.pruners.*")
+    except Exception as e:
+        reason = f"cannot make {spec['_target_']} ({first_line(e)})"
+        raise UserError(f"hydra.sweeper.pruner: {reason}; expected {PRUNER_CHOICES}") from e
+    if not isinstance(pruner, optuna.pruners.BasePruner):
+        raise ConfigError("hydra.sweeper.pruner", spec, PRUNER_CHOICES)
+    return None if isinstance(pruner, optuna.pruners.NopPruner) else pruner
+
+
+class TrialLink:
+    """One running trial of a pruned sweep, opened from its storage by study name and number.
+    It reports and asks the pruner through the storage's and the pruner's public methods (what
+    ``Trial.report`` and ``Trial.should_prune`` do), since a job cannot be handed the sweeper's
+    ``Trial`` object."""
+
+    def __init__(
+        self, study: optuna.Study, storage: optuna.storages.RDBStorage, trial_id: int, pruner: optuna.pruners.BasePruner
+    ):
+        self.study, self.storage, self.trial_id, self.pruner = study, storage, trial_id, pruner
 
     @classmethod
     def open(cls, storage: str | None, study_name: str | None, number: int | None) -> TrialLink | None:
@@ -52,25 +83,15 @@ class TrialLink:
             return None
         rdb = job_storage(storage)
         trial_id = rdb.get_trial_id_from_study_id_trial_number(rdb.get_study_id_from_name(study_name), number)
-        pruner = cls.pruner(rdb.get_trial(trial_id).user_attrs.get("pruner"))
+        pruner = make_pruner(rdb.get_trial(trial_id).user_attrs.get("pruner"))
         if pruner is None:
             return None
-        return cls(optuna.load_study(study_name=study_name, storage=rdb, pruner=pruner), trial_id)
-
-    @staticmethod
-    def pruner(spec: dict | None) -> optuna.pruners.BasePruner | None:
-        """The pruner the sweeper recorded on the trial (``_target_`` + arguments); None: none."""
-        if not spec:
-            return None
-        from hydra.utils import instantiate
-
-        pruner = instantiate(spec, _execution_whitelist_="optuna.pruners.*")
-        return None if isinstance(pruner, optuna.pruners.NopPruner) else pruner
+        return cls(optuna.load_study(study_name=study_name, storage=rdb, pruner=pruner), rdb, trial_id, pruner)
 
     def should_stop(self, epoch: int, epochs: int, val_acc: float) -> bool:
         """Report this epoch; True when the pruner stops the trial (never after its last epoch)."""
-        self.trial.report(val_acc, progress_step(epoch, epochs))
-        if epoch < epochs and self.trial.should_prune():
-            self.trial.set_user_attr("pruned_at_epoch", epoch)  # the sweeper tells Optuna PRUNED
+        self.storage.set_trial_intermediate_value(self.trial_id, progress_step(epoch, epochs), val_acc)
+        if epoch < epochs and self.pruner.prune(self.study, self.storage.get_trial(self.trial_id)):
+            self.storage.set_trial_user_attr(self.trial_id, "pruned_at_epoch", epoch)  # the sweeper tells PRUNED
             return True
         return False

@@ -115,6 +115,8 @@ def test_each_worker_or_parallel_trial_takes_its_own_gpu(monkeypatch, name, slot
 
 
 LIBRARIES = ("hydra", "hydra_plugins.hydra_optuna_sweeper", "optuna", "mlflow")
+# Public names that their library makes for you and documents as not to be built by hand.
+INTERNAL_CONSTRUCTORS = {"optuna.trial.Trial", "optuna.Trial", "Trial"}
 
 
 def is_private(dotted: str) -> bool:
@@ -133,6 +135,8 @@ def private_names(path: Path) -> list[str]:
             found += [a.name for a in node.names if a.name.startswith(LIBRARIES) and is_private(a.name)]
         elif isinstance(node, ast.Attribute) and is_private(node.attr):
             found.append(f"line {node.lineno}: .{node.attr}")
+        elif isinstance(node, ast.Call) and ast.unparse(node.func) in INTERNAL_CONSTRUCTORS:
+            found.append(f"line {node.lineno}: {ast.unparse(node.func)}(...)")
     return found
 
 
@@ -152,12 +156,14 @@ def test_the_private_name_check_finds_them(tmp_path: Path) -> None:
     sample.write_text(
         "from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides\n"
         "from optuna.storages import _CachedStorage\nimport mlflow._x\ntrial._trial_id\nobj.__class__\n"
+        "optuna.trial.Trial(study, 3)\n"
     )
     assert private_names(sample) == [
         "from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides",
         "from optuna.storages import _CachedStorage",
         "mlflow._x",
         "line 4: ._trial_id",
+        "line 6: optuna.trial.Trial(...)",
     ]
 
 
