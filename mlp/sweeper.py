@@ -518,15 +518,17 @@ class StudySweep:
     def finish(self, status: str) -> None:
         """Report to the parent run, update the winner file, end the parent if the study is idle."""
         study, client = self.study, self.client
-        with contextlib.suppress(Exception):
+        try:
             sweeps.report(study, client, self.parent_id)
+        except Exception as e:  # noqa: BLE001 - a report that cannot be drawn must not lose the winner below
+            log.warning("the study's report (leaderboard, plots) was not logged: %s", first_line(e))
         best = sweeps.best_trial(study)
         if best is not None and self.settings.best_config:
             replace = bool(self.settings.replace_winner)
             sweeps.update_winner(study, best, client, self.parent_id, self.settings.best_config, replace)
         busy = self.count(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
         if not busy:
-            client.set_terminated(self.parent_id, "FINISHED" if status == "FINISHED" else status)
+            client.set_terminated(self.parent_id, status)
         if status == "FINISHED" and best is None:
             states = [t.state.name for t in study.get_trials(deepcopy=False)]
             raise UserError(

@@ -12,9 +12,12 @@ every exception from a job as an error with its traceback.) Nothing here imports
 from __future__ import annotations
 
 import functools
+import random
+import time
 from typing import Any
 
 import optuna
+import sqlalchemy
 
 from mlp.errors import ConfigError, UserError, first_line
 from mlp.filelock import sqlite_creation_lock
@@ -28,10 +31,21 @@ def progress_step(epoch: int, epochs: int) -> int:
 
 def open_storage(url: str, **heartbeat: Any) -> optuna.storages.RDBStorage:
     """Optuna's RDB storage at ``url``. SQLite waits for a lock (several processes share the
-    file), and a new database is created by one process at a time."""
+    file), and a new database is created by one process at a time. On a server, workers that
+    start together may create the same new tables at once: the losers open it again."""
     kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
-    with sqlite_creation_lock(url):
-        return optuna.storages.RDBStorage(url, **kwargs, **heartbeat)
+    for attempt in range(CREATION_ATTEMPTS):
+        try:
+            with sqlite_creation_lock(url):
+                return optuna.storages.RDBStorage(url, **kwargs, **heartbeat)
+        except sqlalchemy.exc.SQLAlchemyError as e:
+            if attempt == CREATION_ATTEMPTS - 1 or not any(s in str(e) for s in ("already exists", "duplicate key")):
+                raise
+            time.sleep(0.1 + random.random())  # another worker is creating the tables: look again
+    raise AssertionError("unreachable")
+
+
+CREATION_ATTEMPTS = 5
 
 
 @functools.cache

@@ -9,6 +9,7 @@ PostgreSQL server for the study and a real `mlflow server` on PostgreSQL, over H
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -121,9 +122,39 @@ def test_three_workers_on_sqlite_one_killed(tmp_path: Path) -> None:
     assert not set(new) & before and len(set(new)) == 2
 
 
-def test_three_workers_on_postgresql_and_an_mlflow_server(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def services(tmp_path_factory: pytest.TempPathFactory):
     from tests.services import running_services
 
-    with running_services(tmp_path / "services") as services:
-        env = subprocess_env(MLFLOW_TRACKING_URI=services["tracking_uri"])
-        run_three_workers(tmp_path, services["storage_url"], env, MlflowClient(services["tracking_uri"]))
+    with running_services(tmp_path_factory.mktemp("services")) as services:
+        yield services
+
+
+def test_three_workers_on_postgresql_and_an_mlflow_server(tmp_path: Path, services: dict) -> None:
+    env = subprocess_env(MLFLOW_TRACKING_URI=services["tracking_uri"])
+    run_three_workers(tmp_path, services["storage_url"], env, MlflowClient(services["tracking_uri"]))
+
+
+def _open(url: str, results: multiprocessing.Queue) -> None:
+    try:
+        open_storage(url, heartbeat_interval=10, grace_period=30)
+        results.put("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        results.put(f"{type(e).__name__}: {e}"[:200])
+
+
+def test_workers_creating_a_new_postgresql_storage_at_once_all_open_it(services: dict) -> None:
+    """Four processes open each new database at the same moment: its tables are created once
+    and every process opens it (without the retry, about two in three failed here)."""
+    base, port = services["storage_url"].rsplit("/", 1)[0], str(services["pg_port"])
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    for n in range(3):
+        subprocess.run(["psql", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-c", f"CREATE DATABASE fresh{n}"],
+                       check=True, capture_output=True)  # fmt: skip
+        workers = [ctx.Process(target=_open, args=(f"{base}/fresh{n}", results)) for _ in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    assert [results.get() for _ in range(12)] == ["ok"] * 12
