@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run train test ui services services-stop bench bench-parts bench-pruning bench-scale lint clean
+.PHONY: run train test ui services services-stop bench bench-parts bench-pruning bench-scale bench-quality lint clean
 
 run: train
 
@@ -46,6 +46,10 @@ bench-pruning: $(STAMP)
 # 1 vs 2 workers, the study storage's ceiling (SQLite, PostgreSQL), per-trial overhead (ARGS=--quick: a smoke run).
 bench-scale: $(STAMP)
 	$(BIN)/python benchmarks/sweep_scale.py $(ARGS)
+
+# The default sweep (TPE) vs random search, 3 seeds each, its 12-minute budget (about 80 minutes; ARGS=--quick: a smoke run).
+bench-quality: $(STAMP)
+	$(BIN)/python benchmarks/sweep_quality.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

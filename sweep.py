@@ -81,13 +81,18 @@ def cmd_list(args: argparse.Namespace) -> None:
 WIDE_COLUMNS = ("epochs_run", "train_seconds", "wall_seconds", "run_id")  # shown with --all
 
 
+def short_name(key: str) -> str:
+    """A column's name in a terminal: data.max_rotation -> rotation, model.num_layers -> num_layers."""
+    return key.rsplit(".", 1)[-1].removeprefix("max_")
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from mlp.sweeps import leaderboard, markdown_table, trial_runs
 
     study = load_study(args.study, open_storage(args.storage))
     rows = leaderboard(study, trial_runs(mlflow_client(), study))[: args.top]
     if not args.all:  # what fits a terminal: the scores and the searched values, under their short names
-        rows = [{k.rsplit(".", 1)[-1]: v for k, v in row.items() if k not in WIDE_COLUMNS} for row in rows]
+        rows = [{short_name(k): v for k, v in row.items() if k not in WIDE_COLUMNS} for row in rows]
     print(markdown_table(rows), end="")
 
 

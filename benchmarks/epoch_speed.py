@@ -70,7 +70,7 @@ def ours(
     model, optimizer = build(cfg, device)
     steps = -(-len(splits.train_x) // cfg.trainer.batch_size)
     schedule = training.make_schedule(cfg.schedule, optimizer, steps * epochs)
-    augment = data.RandomShift(d.max_shift, device) if d.max_shift else None
+    augment = data.make_augment(d, device)
     generator = torch.Generator().manual_seed(0)
     times, peaks = [], []
     for _ in range(epochs):

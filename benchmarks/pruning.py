@@ -34,15 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PRUNERS = ("median", "successive_halving", "hyperband")  # conf/hydra/sweeper/pruner/*.yaml
 
 
-def sweep(folder: Path, name: str, pruner: str, trials: int, extra: list[str]) -> float:
-    """Run one sweep through the real command line; its wall time in seconds."""
+def sweep(folder: Path, name: str, overrides: list[str]) -> float:
+    """Run one sweep through the real command line (study, runs and Hydra's folders in
+    ``folder``, no winner file unless ``overrides`` name one); its wall time in seconds."""
     args = [
         sys.executable, str(ROOT / "train.py"), "-m", "hydra/sweeper=optuna",
-        f"hydra/sweeper/pruner={pruner}", f"hydra.sweeper.n_trials={trials}",
         f"hydra.sweeper.study_name={name}", f"hydra.sweeper.storage=sqlite:///{folder}/optuna.db",
         "hydra.sweeper.best_config=null", f"tracking.dir={folder}/mlruns",
-        "trainer.val_every=1",  # both sweeps validate every epoch: the early-vs-final correlation needs it
-        f"hydra.sweep.dir={folder}/multirun/{name}", *extra,
+        f"hydra.sweep.dir={folder}/multirun/{name}", *overrides,
     ]  # fmt: skip
     print(f"running: {' '.join(args[1:])}", flush=True)
     start = time.perf_counter()
@@ -99,7 +98,9 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         names = {"none": f"bench-{stamp}-unpruned", a.pruner: f"bench-{stamp}-{a.pruner}"}
-        seconds = {p: sweep(folder, n, p, trials, extra) for p, n in names.items()}
+        # Both validate every epoch (the early-vs-final correlation needs it); trials, not time, bound them.
+        fixed = [f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.timeout=null", "trainer.val_every=1", *extra]
+        seconds = {p: sweep(folder, n, [f"hydra/sweeper/pruner={p}", *fixed]) for p, n in names.items()}
         results = {p: summary(folder, n) for p, n in names.items()}
         correlation = early_vs_final(folder, names["none"])
 

@@ -75,13 +75,19 @@ def table(header: list[str], rows: list[list[object]]) -> None:
 # -- parts (a) and (c): the real command line ------------------------------------------------------------------
 
 
-def sweep_command(folder: Path, study: str, trials: int, extra: list[str], index: int = 0) -> list[str]:
+def sweep_command(folder: Path, study: str, extra: list[str], index: int = 0) -> list[str]:
+    """A sweep worker's command line, its study, runs, winner file and Hydra folders in ``folder``."""
     return [
         sys.executable, str(ROOT / "train.py"), "-m", "hydra/sweeper=optuna", f"hydra.sweeper.study_name={study}",
-        f"hydra.sweeper.storage=sqlite:///{folder}/optuna.db", f"hydra.sweeper.n_trials={trials}",
+        f"hydra.sweeper.storage=sqlite:///{folder}/optuna.db",
         f"hydra.sweeper.best_config={folder}/best.yaml", f"tracking.dir={folder}/mlruns",
         f"hydra.sweep.dir={folder}/multirun/{index}", *extra,
     ]  # fmt: skip
+
+
+def counted(trials: int) -> list[str]:
+    """Overrides for a sweep of exactly ``trials`` whole trials: no time budget, no pruning."""
+    return [f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.timeout=null", "hydra/sweeper/pruner=none"]
 
 
 def run_workers(folder: Path, commands: list[list[str]]) -> tuple[float, float]:
@@ -121,7 +127,7 @@ def part_workers(folder: Path, trials: int, epochs: int, extra: list[str]) -> No
         progress(f"part a: {name}, {trials // workers} trials each, trainer.threads={threads}")
         sub, study = folder / f"a-{workers}-workers", f"workers-{workers}"
         commands = [
-            sweep_command(sub, study, trials // workers, [f"trainer.threads={threads}", *fixed], i)
+            sweep_command(sub, study, [*counted(trials // workers), f"trainer.threads={threads}", *fixed], i)
             for i in range(workers)
         ]
         _, walls[workers] = run_workers(sub, commands)
@@ -139,7 +145,7 @@ def part_workers(folder: Path, trials: int, epochs: int, extra: list[str]) -> No
 def part_overhead(folder: Path, trials: int, extra: list[str]) -> None:
     progress(f"part c: one sweep of {trials} trials, the default search space")
     sub = folder / "c-sweep"
-    began, wall = run_workers(sub, [sweep_command(sub, "overhead", trials, extra)])
+    began, wall = run_workers(sub, [sweep_command(sub, "overhead", [*counted(trials), *extra])])
     _, runs = study_runs(sub, "overhead")
     n = len(runs)
     train = sum(r.data.metrics.get("train_seconds", 0.0) for r in runs)

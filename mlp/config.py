@@ -30,6 +30,7 @@ Activation = StrEnum("Activation", {name: name for name in ACTIVATIONS})
 
 
 class Precision(StrEnum):
+    auto = "auto"  # bf16 where the hardware computes in it natively (see experiment.pick_precision), else fp32
     fp32 = "fp32"  # float32 throughout
     bf16 = "bf16"  # forward pass under bfloat16 autocast; weights and updates float32
 
@@ -81,6 +82,8 @@ class DataConfig:
     val_size: int = MISSING
     split_seed: int = MISSING
     max_shift: int = MISSING
+    max_rotation: float = MISSING
+    max_scale: float = MISSING
 
 
 @dataclass
@@ -212,4 +215,6 @@ def validate(cfg: DictConfig) -> None:
         _check(cfg, "data.num_train", d.num_train >= 2, "an integer >= 2")
         _check(cfg, "data.num_test", d.num_test >= 1, "an integer >= 1")
     _check(cfg, "data.max_shift", 0 <= d.max_shift <= 8, "an integer from 0 (off) to 8 pixels")
+    _check(cfg, "data.max_rotation", 0 <= d.max_rotation <= 45, "degrees from 0 (off) to 45")
+    _check(cfg, "data.max_scale", 0 <= d.max_scale < 0.5, "a fraction from 0 (off) to below 0.5")
     _check(cfg, "data.val_size", 1 <= d.val_size < pool, f"an integer from 1 to {pool - 1} ({pool} training images)")

@@ -16,6 +16,7 @@ import functools
 import gzip
 import hashlib
 import logging
+import math
 import os
 import pickle
 import subprocess
@@ -28,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torchvision.datasets import MNIST
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
@@ -234,6 +236,41 @@ class RandomShift:
         offsets = torch.randint(0, 2 * s + 1, (len(x), 2), generator=generator).to(x.device)
         index = self.base + offsets[:, :1] * self.side + offsets[:, 1:]
         return padded.gather(1, index)
+
+
+class RandomAffine:
+    """Rotate, scale and shift each image of a batch by its own random amounts (rotation up to
+    ``max_rotation`` degrees either way, scale within 1 +- ``max_scale``, shift up to
+    ``max_shift`` pixels): one ``affine_grid`` + bilinear ``grid_sample`` per batch."""
+
+    def __init__(self, max_shift: int, max_rotation: float, max_scale: float):
+        self.max_shift, self.max_rotation, self.max_scale = max_shift, max_rotation, max_scale
+        self.background = (0 - MEAN) / STD
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x: [B, 784] normalised images -> [B, 784] transformed copies."""
+        b = len(x)
+        # Four uniform numbers in [-1, 1) per image: angle, scale, shift x, shift y (drawn on the CPU generator).
+        u = (torch.rand(b, 4, generator=generator) * 2 - 1).to(x.device)
+        angle = u[:, 0] * math.radians(self.max_rotation)
+        scale = 1 + u[:, 1] * self.max_scale
+        shift = u[:, 2:] * (2 * self.max_shift / 28)  # in grid units: the image spans [-1, 1]
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        # theta maps output to input coordinates: [B, 2, 3].
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = F.affine_grid(theta, [b, 1, 28, 28], align_corners=False)
+        # grid_sample fills outside the image with 0: sample the offset from the background.
+        moved = F.grid_sample(x.view(b, 1, 28, 28) - self.background, grid, align_corners=False)
+        return moved.flatten(1) + self.background
+
+
+def make_augment(d: Any, device: torch.device | str) -> RandomShift | RandomAffine | None:
+    """The training-time augmentation a ``data`` config asks for: exact pixel shifts, or with a
+    rotation or scale range the affine one; None when all are 0."""
+    rotation, scale = d.get("max_rotation", 0), d.get("max_scale", 0.0)
+    if rotation > 0 or scale > 0:
+        return RandomAffine(d.max_shift, rotation, scale)
+    return RandomShift(d.max_shift, device) if d.max_shift > 0 else None
 
 
 @dataclass(frozen=True)

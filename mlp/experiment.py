@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,6 +71,30 @@ def pick_device(name: str, slot: int | None = None, cuda_count: int | None = Non
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.device", name, "auto or cpu: MPS is not available on this machine")
     return device
+
+
+def native_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or an x86
+    CPU with AVX512-BF16 or AMX (elsewhere bf16 autocast is emulated and slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    if cpu_flags is None:
+        try:
+            cpu_flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = set(re.findall(r"[a-z0-9_]+", cpu_flags))
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    """``auto``: bf16 (2.6x faster epochs at the same test accuracy, benchmarks/epoch_speed.py
+    --accuracy) where the hardware has it, else fp32."""
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return str(name)
 
 
 def _set_up_torch(trainer: DictConfig) -> torch.Generator:
@@ -134,6 +160,7 @@ def run(cfg: DictConfig) -> RunResult:
     config.validate(cfg)
     t, m, d = cfg.trainer, cfg.model, cfg.data
     device = pick_device(t.device, cfg.sweep.slot)
+    precision = pick_precision(t.precision, device)
     generator = _set_up_torch(t)
     clock = Phases()
     with clock("data"):
@@ -142,11 +169,12 @@ def run(cfg: DictConfig) -> RunResult:
     optimizer = training.make_optimizer(cfg.optimizer, model)
     steps_per_epoch = -(-len(splits.train_x) // t.batch_size)
     schedule = training.make_schedule(cfg.schedule, optimizer, t.epochs * steps_per_epoch)
-    augment = data.RandomShift(d.max_shift, device) if d.max_shift > 0 else None
+    augment = data.make_augment(d, device)
     link = TrialLink.open(cfg.sweep.storage, cfg.sweep.study, cfg.sweep.trial)  # None unless pruning
     name, tags = _name_and_tags(cfg, str(device))
+    tags["precision"] = precision  # what trainer.precision (auto) resolved to on this machine
     sizes = (len(splits.train_x), len(splits.val_x), len(splits.test_x))
-    log.info("%s on %s: %d train / %d val / %d test images", name, device, *sizes)
+    log.info("%s on %s (%s): %d train / %d val / %d test images", name, device, precision, *sizes)
 
     with tracking.start_run(cfg, name, tags, run_id=cfg.sweep.run_id) as active:
         bar = _progress_bar(t.progress and not in_sweep(), steps_per_epoch)
@@ -163,7 +191,7 @@ def run(cfg: DictConfig) -> RunResult:
                 on_epoch=_epoch_reporter(t.epochs, bar, link),
                 on_batch=bar.update if bar else None,
                 val_every=1 if link is not None else t.val_every,  # a pruner judges every epoch
-                precision=t.precision,
+                precision=precision,
             )
         finally:
             if bar is not None:

@@ -7,7 +7,7 @@ What a worker does, in order:
    direction and fixed config) before it writes anything;
 2. creates the study, or joins it: whichever worker creates it records the study's fixed config
    (everything not searched), opens the study's one MLflow parent run, and enqueues the base
-   config as the first trial;
+   config and the winner file's configuration (an earlier study's best) as the first trials;
 3. runs ``n_trials`` trials, ``n_jobs`` at a time. The sampler is built afresh for every trial
    with a seed derived from the study's seed and the trial number, so workers never ask the
    same point twice and a study is reproducible trial by trial. While trials run the worker
@@ -34,6 +34,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -289,12 +290,36 @@ class StudySweep:
         study.set_user_attr("mlflow_tracking_uri", self.uri)
         study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
         self.client.log_dict(parent.info.run_id, fixed, "study_fixed_config.json")
-        base = {key: OmegaConf.select(self.config, key) for key in self.space.distributions}
-        if self.space.contains(base):
-            study.enqueue_trial(base, user_attrs={"reference": "base config"})
-        else:
-            log.info("the base config is outside the search space: no reference trial")
+        for name, params in self.reference_points():
+            study.enqueue_trial(params, user_attrs={"reference": name})
         return parent.info.run_id
+
+    def reference_points(self) -> list[tuple[str, dict[str, Any]]]:
+        """Known-good configurations a new study starts from: the base config, and the searched
+        values of the study's winner file from an earlier study (with the base config's values
+        where it has none), each if it lies in the search space."""
+        base = {key: OmegaConf.select(self.config, key) for key in self.space.distributions}
+        points = [("base config", base)]
+        path = self.settings.get("best_config")
+        if path and sweeps.winner_record(Path(path)) is not None:
+            try:
+                winner = OmegaConf.load(path)
+                found = {key: OmegaConf.select(winner, key, default=base[key]) for key in base}
+                points.append(
+                    (
+                        f"winner file {Path(path).name}",
+                        OmegaConf.to_container(OmegaConf.create(found), enum_to_str=True),
+                    )
+                )
+            except Exception as e:  # noqa: BLE001 - a damaged winner file: start without it
+                log.warning("%s: not read (%s); the study starts without it", path, first_line(e))
+        kept = []
+        for name, params in points:
+            if not self.space.contains(params):
+                log.info("the %s is outside the search space: not a reference trial", name)
+            elif all(params != other for _, other in kept):
+                kept.append((name, params))
+        return kept
 
     def check_joined(self, fixed: dict[str, Any]) -> None:
         """A worker joining a study: same direction, same fixed config; wait for the creator to

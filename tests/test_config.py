@@ -65,7 +65,7 @@ def test_synthetic_val_size_is_checked_against_its_own_size() -> None:
         ("model.layers=3", "model.layers: Key 'layers' not in 'ModelConfig'"),
         ("optimizer.momentum=0.9", "optimizer.momentum: Key 'momentum' not in 'AdamWConfig'"),
         ("model.num_layers=four", "model.num_layers: Value 'four' of type 'str' could not be converted to Integer"),
-        ("trainer.precision=fp16", "trainer.precision: Invalid value 'fp16', expected one of [fp32, bf16]"),
+        ("trainer.precision=fp16", "trainer.precision: Invalid value 'fp16', expected one of [auto, fp32, bf16]"),
         (
             "model.activation=swish",
             "model.activation: Invalid value 'swish', expected one of "

@@ -193,3 +193,33 @@ def test_split_is_seeded_disjoint_and_normalised() -> None:
     assert not any(tuple(r) in train_rows for r in a.val_x[:, :50].tolist())
     c = data.load("synthetic", "", 100, 4, "cpu", 600, 200)
     assert not torch.equal(a.val_x, c.val_x)
+
+
+def test_random_affine_moves_each_image_its_own_way_and_keeps_the_background() -> None:
+    background = (0 - data.MEAN) / data.STD
+    stroke = torch.full((64, 28, 28), background)
+    stroke[:, 4:24, 13:15] = 2.8  # a vertical bar through the centre: white ink, normalised
+    x = stroke.flatten(1)
+    same = data.RandomAffine(max_shift=0, max_rotation=0, max_scale=0.0)(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(same, x, atol=1e-5)  # zero ranges: the identity
+    out = data.RandomAffine(max_shift=2, max_rotation=15, max_scale=0.1)(x, torch.Generator().manual_seed(0))
+    out = out.view(-1, 28, 28)
+    assert torch.allclose(out[:, 0], torch.full((64, 28), background))  # what enters at the edge is background, not 0
+    assert len({tuple(img.flatten().round(decimals=3).tolist()) for img in out}) == 64  # each image its own transform
+    ink = (out - background).sum(dim=(1, 2)) / (stroke[0] - background).sum()
+    assert ((ink > 0.75) & (ink < 1.3)).all()  # scaled by at most 10% each way: area within about +-21%
+
+
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [
+        ({"max_shift": 0, "max_rotation": 0, "max_scale": 0.0}, type(None)),
+        ({"max_shift": 2, "max_rotation": 0, "max_scale": 0.0}, data.RandomShift),  # exact pixel shifts
+        ({"max_shift": 2, "max_rotation": 10, "max_scale": 0.0}, data.RandomAffine),
+        ({"max_shift": 0, "max_rotation": 0, "max_scale": 0.1}, data.RandomAffine),
+    ],
+)
+def test_the_data_config_picks_its_augmentation(values: dict, kind: type) -> None:
+    from omegaconf import OmegaConf
+
+    assert type(data.make_augment(OmegaConf.create(values), "cpu")) is kind

@@ -156,7 +156,38 @@ def test_divergence_fails_the_run_in_mlflow(tiny_cfg) -> None:
 
 
 def test_bf16_autocast_trains_and_differs_from_fp32_only_in_rounding(tiny_cfg) -> None:
-    fp32 = run(tiny_cfg("tracking.log_model=false"))
+    fp32 = run(tiny_cfg("tracking.log_model=false", "trainer.precision=fp32"))
     bf16 = run(tiny_cfg("tracking.log_model=false", "trainer.precision=bf16"))
     assert bf16.metrics["train/loss"] != fp32.metrics["train/loss"]  # the forward pass really ran in bfloat16
     assert bf16.val_acc > 0.5 and abs(bf16.val_acc - fp32.val_acc) <= 0.05  # it learns as much
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ("flags\t: fpu sse2 avx2 fma avx512f avx512_bf16 avx512_vnni", True),  # AVX512-BF16 (AMD Zen 4, Cooper Lake)
+        ("flags\t: fpu sse2 avx2 avx512f amx_bf16 amx_tile", True),  # AMX (Sapphire Rapids)
+        ("flags\t: fpu sse2 avx2 fma avx512f avx512bw", False),  # AVX-512 without BF16: emulated, slower
+        ("flags\t: fpu sse2 avx2 fma", False),
+    ],
+)
+def test_precision_auto_is_bf16_only_where_the_cpu_has_it(flags: str, expected: bool) -> None:
+    import torch
+
+    from mlp.experiment import native_bf16, pick_precision
+
+    assert native_bf16(torch.device("cpu"), flags) is expected
+    assert (
+        pick_precision("fp32", torch.device("cpu")) == "fp32" and pick_precision("bf16", torch.device("cpu")) == "bf16"
+    )
+    assert pick_precision("auto", torch.device("cpu")) == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
+
+
+def test_a_run_records_the_precision_it_trained_in(tiny_cfg) -> None:
+    import torch
+
+    from mlp.experiment import pick_precision
+
+    result = run(tiny_cfg("tracking.log_model=false", "trainer.precision=auto"))
+    tags = MlflowClient(result.tracking_uri).get_run(result.run_id).data.tags
+    assert tags["precision"] == pick_precision("auto", torch.device("cpu"))  # what auto meant on this machine

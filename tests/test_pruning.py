@@ -20,7 +20,11 @@ from tests.conftest import CONF, Sweep
 
 THRESHOLD = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01}  # prunes at every step: acc < 1.01
 # Any Optuna pruner, from the command line: a new _target_ and its arguments (new keys: +).
-ALWAYS_PRUNE = ("hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner", "+hydra.sweeper.pruner.lower=1.01")
+ALWAYS_PRUNE = (
+    "hydra/sweeper/pruner=none",  # the default (median) pruner's keys would not fit ThresholdPruner
+    "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+    "+hydra.sweeper.pruner.lower=1.01",
+)
 
 
 @pytest.mark.parametrize(
@@ -69,7 +73,7 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep() -> None:
     assert sweep.space.distributions["optimizer.lr"].choices == (1e-3, 3e-3)  # the command line joins params
     assert set(sweep.space.distributions) == {
         "model.num_layers", "model.layer_size", "model.activation", "model.dropout", "optimizer.lr",
-        "optimizer.weight_decay", "trainer.epochs",
+        "optimizer.weight_decay", "trainer.epochs", "data.max_rotation", "data.max_scale",
     }  # fmt: skip
     trial = optuna.create_study(sampler=sweep.sampler).ask()
     sweep.space.suggest(trial)

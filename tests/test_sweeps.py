@@ -100,9 +100,9 @@ def test_sweep_py_leaderboard_list_and_export(swept: Sweep) -> None:
     narrow = swept.sweep_py("leaderboard", "test").stdout.strip().splitlines()
     assert narrow[0] == (
         "| trial | state | val_acc | test_acc | epochs | num_layers | layer_size | activation | dropout | lr "
-        "| weight_decay |"
+        "| weight_decay | rotation | scale |"
     )
-    assert max(map(len, narrow)) < 130 and len(narrow) == 5
+    assert max(map(len, narrow)) < 140 and len(narrow) == 5
     out = swept.root / "exported.yaml"
     export = swept.sweep_py("export", "test", "--trial", "1", "--out", str(out))
     assert export.returncode == 0, export.stderr
@@ -245,3 +245,30 @@ def test_a_winner_file_that_scored_better_is_kept(tmp_path: Path) -> None:
     assert not update_winner(study, study.best_trial, client, parent, path)
     assert path.read_text() == text  # the better winner stays
     assert client.get_run(parent).data.tags["winner.kept"] == "best.yaml: 0.9903 (study mnist-mlp, trial 17)"
+
+
+def test_a_new_study_starts_from_the_base_config_and_the_winner_file(tmp_path: Path) -> None:
+    sweep = Sweep(tmp_path, study="seeded")
+    sweep.best.parent.mkdir(parents=True)
+    recorded = (
+        "# @package _global_\n# winner: study=seeded trial=7 value=0.9999 run=abc\n"
+        "model:\n  num_layers: 2\n  layer_size: 256\n  activation: relu\n  dropout: 0.1\n"
+        "optimizer:\n  lr: 0.005\n  weight_decay: 0.001\ntrainer:\n  epochs: 10\n"
+    )  # no data section: the base config's values fill in
+    sweep.best.write_text(recorded)
+    done = sweep.run(2, "hydra/sweeper/pruner=none")
+    base, winner = sweep.study_trials()
+    assert base.user_attrs["reference"] == "base config"
+    assert winner.user_attrs["reference"] == "winner file best_seeded.yaml"
+    assert winner.params == {
+        "model.num_layers": 2,
+        "model.layer_size": 256,
+        "model.activation": "relu",
+        "model.dropout": 0.1,
+        "optimizer.lr": 0.005,
+        "optimizer.weight_decay": 0.001,
+        "data.max_rotation": 0,
+        "data.max_scale": 0.0,
+    }  # fmt: skip (trainer.epochs is fixed by the command line here, so not searched)
+    assert sweep.best.read_text() == recorded  # neither trial beat the 0.9999 it records: the file is kept
+    assert "kept" in done.stderr + done.stdout

@@ -33,8 +33,9 @@ def worker(
     root: Path, storage: str, index: int, env: dict[str, str], n_trials: int = TRIALS_PER_WORKER
 ) -> subprocess.Popen:
     args = [
-        "-m", "hydra/sweeper=optuna", "data=synthetic", "trainer.epochs=2", "trainer.threads=1",
-        f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.study_name=workers", f"hydra.sweeper.storage={storage}",
+        "-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=none", "data=synthetic", "trainer.epochs=2",
+        "trainer.threads=1", f"hydra.sweeper.n_trials={n_trials}", "hydra.sweeper.study_name=workers",
+        f"hydra.sweeper.storage={storage}",
         f"hydra.sweeper.best_config={root}/best_workers.yaml", "hydra.sweeper.heartbeat_interval=1",
         "hydra.sweeper.grace_period=3", f"tracking.dir={root}/mlruns", f"hydra.sweep.dir={root}/multirun/{index}",
     ]  # fmt: skip

@@ -1,0 +1,31 @@
+"""Smoke runs of the benchmark scripts (--quick: synthetic data, a few tiny trials): they run
+end to end and print their figures. The figures themselves are measured by hand (README)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_sweep_quality_quick_prints_anytime_curves_and_medians(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/sweep_quality.py"), "--quick", "--seeds", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True, env=subprocess_env(), timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("tpe-0", "random-0"))}
+    assert set(rows) == {"tpe-0", "random-0"}
+    for row in rows.values():
+        complete, best_val = int(row[2]), float(row[6])
+        assert complete >= 1 and 0.0 < best_val <= 1.0  # each sweep finished trials and has a best
+    assert "median best val over seeds at half budget" in out and "median TPE - median random at full budget" in out
+    assert (tmp_path / "sweep_quality.png").stat().st_size > 10_000  # the anytime-curve figure
+    assert {p.name for p in tmp_path.glob("best_*.yaml")} == {"best_tpe-0.yaml", "best_random-0.yaml"}
