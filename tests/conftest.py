@@ -102,3 +102,20 @@ class Sweep:
         env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{self.mlruns}/mlflow.db")
         return subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, "--storage", self.storage],
                               capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def champion(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small network trained on the real MNIST (2x256, 2 epochs: seconds) and registered as
+    models:/mnist-mlp@champion in a store of its own; what predict.py, the web app and the
+    browser tests read. Keys: tracking_uri, result (the RunResult), env (for subprocesses)."""
+    from mlp.experiment import run
+
+    mlruns = tmp_path_factory.mktemp("champion") / "mlruns"
+    overrides = ["model.num_layers=2", "model.layer_size=256", "trainer.epochs=2", "trainer.device=cpu"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = compose_cfg([*overrides, "trainer.progress=false", f"tracking.dir={mlruns}", "tracking.register=true"])
+        result = run(cfg)
+    uri = result.tracking_uri  # (MLflow itself sets $MLFLOW_TRACKING_URI in-process: not a guide afterwards)
+    return {"tracking_uri": uri, "result": result, "env": subprocess_env(MLFLOW_TRACKING_URI=uri)}
