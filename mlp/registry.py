@@ -17,6 +17,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -91,8 +92,6 @@ class Recognizer:
     dark, 0-255) and returns probabilities [N, 10] as float32."""
 
     def __init__(self, uri: str = DEFAULT_URI, tracking_uri: str | None = None):
-        import torch
-
         self.tracking_uri = use_tracking(tracking_uri)
         self.uri = uri
         store = Path(self.tracking_uri.removeprefix("sqlite:///"))
@@ -107,7 +106,6 @@ class Recognizer:
         except Exception as e:  # noqa: BLE001 - MLflow's, SQLAlchemy's, torch's and OS errors alike
             raise NoModel(f"cannot load the model {uri} from {self.tracking_uri}: {first_line(e)}") from e
         self.version = _version_of(uri)
-        self._torch = torch
         try:  # a model logged before models took pixels (or another model altogether) fails here, not on a user's image
             probs = self.predict(np.zeros((1, 28, 28), np.uint8))
             if probs.shape != (1, 10) or abs(float(probs.sum()) - 1) > 1e-3:
@@ -119,8 +117,8 @@ class Recognizer:
             ) from e
 
     def predict(self, pixels: np.ndarray) -> np.ndarray:
-        with self._torch.inference_mode():
-            return self.model(self._torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))).numpy()
+        with torch.inference_mode():
+            return self.model(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))).numpy()
 
 
 def _registry_has(uri: str) -> bool:

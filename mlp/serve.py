@@ -44,12 +44,12 @@ class Champion:
         self.uri, self.tracking_uri = uri, tracking_uri
         self.recognizer: registry.Recognizer | None = None
         self.problem = ""
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self.get()
 
     def get(self) -> registry.Recognizer | None:
         if self.recognizer is None:
-            with self._lock:
+            with self.lock:
                 if self.recognizer is None:
                     try:
                         self.recognizer = registry.Recognizer(self.uri, self.tracking_uri)
