@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run train test ui services services-stop bench bench-parts bench-pruning bench-scale bench-quality lint clean
+.PHONY: run train test ui serve serve-mlflow services services-stop bench bench-parts bench-pruning bench-scale bench-quality bench-recognizer lint clean
 
 run: train
 
@@ -24,6 +24,17 @@ test: $(STAMP)
 # Browse the runs: http://127.0.0.1:5000
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
+
+# The digit recognizer: a page to draw on and a JSON API (POST /predict) at http://127.0.0.1:8000,
+# serving models:/mnist-mlp@champion (made by `python train.py model=best`); ARGS="--port 8001" etc.
+serve: $(STAMP)
+	$(BIN)/python -m mlp.serve $(ARGS)
+
+# MLflow's own model server for the champion at http://127.0.0.1:5002/invocations: uvicorn found on PATH,
+# the project's tracking store named (no stray ./mlflow.db), the venv used as it is (no new environment).
+serve-mlflow: $(STAMP)
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
+		$(BIN)/mlflow models serve -m models:/mnist-mlp@champion --env-manager local --host 127.0.0.1 --port 5002 $(ARGS)
 
 # A local PostgreSQL (study storage) and mlflow server for multi-worker sweeps; prints the URLs to export.
 services: $(STAMP)
@@ -50,6 +61,10 @@ bench-scale: $(STAMP)
 # The default sweep (TPE) vs random search, 3 seeds each, its 12-minute budget (about 80 minutes; ARGS=--quick: a smoke run).
 bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/sweep_quality.py $(ARGS)
+
+# The champion on photo-like test digits (accuracy, drop from clean) and POST /predict speed (ARGS="--limit 1000": quicker).
+bench-recognizer: $(STAMP)
+	$(BIN)/python benchmarks/recognizer.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

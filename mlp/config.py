@@ -116,6 +116,8 @@ class TrackingConfig:
     uri: str | None = MISSING
     dir: str = MISSING
     log_model: bool = MISSING
+    register: bool | None = MISSING
+    registered_model: str = MISSING
     run_name: str | None = MISSING
 
 
@@ -208,6 +210,18 @@ def validate(cfg: DictConfig) -> None:
         "auto, cpu, cuda, cuda:N or mps",
     )
     _check(cfg, "tracking.experiment", bool(cfg.tracking.experiment.strip()), "a non-empty MLflow experiment name")
+    _check(
+        cfg,
+        "tracking.register",
+        not (cfg.tracking.register and not cfg.tracking.log_model),
+        "false or null when tracking.log_model=false (only a logged model can be registered)",
+    )
+    _check(
+        cfg,
+        "tracking.registered_model",
+        re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.tracking.registered_model) is not None,
+        "a name of letters, digits, '_', '.', '-' (models:/<name>@champion)",
+    )
     kind = "synthetic" if "num_train" in d else "mnist"
     _check(cfg, "data.name", d.name == kind, f"{kind!r} for this data group (choose another with data=...)")
     pool = pool_size(d.name, d.get("num_train", 0))

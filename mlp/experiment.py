@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from mlp import config, data, plots, tracking, training
+from mlp import config, data, plots, registry, tracking, training
 from mlp.config import GROUPS
 from mlp.errors import ConfigError, in_sweep
-from mlp.model import MLP, describe
+from mlp.model import MLP, DigitRecognizer, describe
 from mlp.trial import TrialLink
 
 log = logging.getLogger(__name__)
@@ -37,12 +37,15 @@ class RunResult:
     experiment_id: str
     tracking_uri: str
     metrics: dict[str, float] = field(default_factory=dict)
+    registered: registry.Registered | None = None
 
     def summary(self) -> str:
         command, link = tracking.ui_hint(self.tracking_uri, self.experiment_id, self.run_id)
+        registered = f"{self.registered.summary()}\n" if self.registered else ""
         return (
             f"validation accuracy {self.val_acc:.2%}   test accuracy {self.test_acc:.2%}\n"
             f"MLflow run {self.run_id}\n"
+            f"{registered}"
             f"browse it:  {command}\n"
             f"            then open {link}"
         )
@@ -200,7 +203,8 @@ def run(cfg: DictConfig) -> RunResult:
             val_acc = 100 * history[-1]["val/acc"]
             log.info("%s: pruned after epoch %d/%d (val acc %.2f%%)", name, len(history), t.epochs, val_acc)
             tracking.mark_pruned(len(history))
-        final = _test_and_report(cfg, model, splits, history, clock)
+        final, model_uri = _test_and_report(cfg, model, splits, history, clock)
+        registered = _register(cfg, model_uri, active.info.run_id, history[-1]["val/acc"], final["test/acc"])
 
     last = history[-1]
     log.info("%s: val acc %.2f%%, test acc %.2f%%", name, 100 * last["val/acc"], 100 * final["test/acc"])
@@ -211,6 +215,7 @@ def run(cfg: DictConfig) -> RunResult:
         experiment_id=active.info.experiment_id,
         tracking_uri=tracking.tracking_uri(cfg.tracking),
         metrics={**last, **final},
+        registered=registered,
     )
 
 
@@ -248,8 +253,9 @@ def _epoch_reporter(epochs: int, bar: Any, link: TrialLink | None) -> Callable[[
 
 def _test_and_report(
     cfg: DictConfig, model: MLP, splits: data.Splits, history: list[dict[str, float]], clock: Phases
-) -> dict[str, float]:
-    """Test once, then log the final metrics, tables, figures, the model and the time each took."""
+) -> tuple[dict[str, float], str | None]:
+    """Test once, then log the final metrics, tables, figures, the model and the time each took;
+    return the final metrics and the logged model's URI (None when not logged)."""
     epochs_run = len(history)
     with clock("test"):
         test = training.evaluate(model, splits.test_x, splits.test_y)
@@ -275,10 +281,37 @@ def _test_and_report(
             splits.test_images, splits.test_y.cpu(), test.preds.cpu(), test.confidence.cpu()
         )
         tracking.log_figure(wrong, "misclassified.png")
+    model_uri = None
     if cfg.tracking.log_model:
-        with clock("model"):
-            tracking.log_model(model, splits.test_x[:4].cpu().numpy())
+        with clock("model"):  # the network with its preprocessing: takes 0-255 pixels, returns probabilities
+            model_uri = tracking.log_model(DigitRecognizer(model, data.MEAN, data.STD), splits.test_images[:4].numpy())
     clock.seconds["validation"] = sum(h.get("val_seconds", 0.0) for h in history)
     timings = {f"time/{k}_seconds": v for k, v in clock.seconds.items()}
     tracking.log_epoch({"epoch": epochs_run, **timings})
-    return {**final, **timings}
+    return {**final, **timings}, model_uri
+
+
+def _config_folders() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [s["path"] for s in HydraConfig.get().runtime.config_sources if s["schema"] == "file"]
+
+
+def _register(
+    cfg: DictConfig, model_uri: str | None, run_id: str, val_acc: float, test_acc: float
+) -> registry.Registered | None:
+    """Register the model when ``tracking.register`` says so (null: when the model group is a
+    winner file, as in ``python train.py model=best``); the version's tags name its run and the
+    study and trial it reproduces."""
+    origin = registry.winner_origin(_choices(), _config_folders())
+    wanted = cfg.tracking.register if cfg.tracking.register is not None else origin is not None
+    if not wanted or model_uri is None:
+        return None
+    tags = {"test_acc": repr(test_acc), **(origin or {})}
+    if cfg.sweep.study is not None:  # a sweep trial that logs its model
+        tags.update(study=cfg.sweep.study, trial=str(cfg.sweep.trial))
+    registered = registry.register(model_uri, cfg.tracking.registered_model, run_id, val_acc, tags)
+    log.debug("%s", registered.summary())  # train.py prints it in the summary
+    return registered

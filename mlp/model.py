@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -52,3 +53,22 @@ class MLP(nn.Sequential):
 def describe(num_layers: int, layer_size: int, activation: str) -> str:
     """A short name for runs, e.g. ``mlp-4x512-leaky_relu``."""
     return f"mlp-{num_layers}x{layer_size}-{activation}"
+
+
+class DigitRecognizer(nn.Module):
+    """A trained network with MNIST's preprocessing in front and softmax behind: the model
+    that MLflow logs. Takes pixel values 0-255 (a light digit on a dark ground, as MNIST),
+    uint8 or float, [N, 28, 28] or [N, 784]; returns the 10 class probabilities [N, 10].
+
+    ``mean`` and ``std`` are those the network was trained with (of pixels scaled to [0, 1])."""
+
+    def __init__(self, network: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.network = network
+        self.mean, self.std = mean, std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        # The same float32 operations as the training data's normalisation, so that the
+        # probabilities and hence the accuracy are those the run measured.
+        x = pixels.flatten(1).to(torch.float32)
+        return self.network((x / 255 - self.mean) / self.std).softmax(dim=1)

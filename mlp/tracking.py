@@ -200,17 +200,20 @@ def log_table(rows: list[dict[str, Any]], path: str) -> None:
     mlflow.log_text(csv_text(rows), path)
 
 
-def log_model(model: Any, example: np.ndarray) -> None:
+def log_model(model: Any, example: np.ndarray) -> str:
     """The model in MLflow's PyTorch flavour, saved as a torch.export graph (pt2): loading it
-    runs no pickled code. Requirements are given, not inferred (inference takes seconds)."""
+    runs no pickled code. The graph takes inputs of ``example``'s dtype and shape (any batch
+    size), which the signature, inferred from the example, records. Requirements are given, not
+    inferred (inference takes seconds). Returns the model's URI (``models:/m-...``)."""
     cpu_model = copy.deepcopy(model).cpu().eval()
-    mlflow.pytorch.log_model(
+    info = mlflow.pytorch.log_model(
         cpu_model,
         name="model",
         input_example=example,
         serialization_format="pt2",
         pip_requirements=[f"torch=={importlib.metadata.version('torch')}"],
     )
+    return info.model_uri
 
 
 def ui_hint(uri: str, experiment_id: str, run_id: str) -> tuple[str, str]:

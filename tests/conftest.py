@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -102,3 +103,56 @@ class Sweep:
         env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{self.mlruns}/mlflow.db")
         return subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, "--storage", self.storage],
                               capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def champion(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A small network trained on the real MNIST (2x256, 2 epochs: seconds) and registered as
+    models:/mnist-mlp@champion in a store of its own; what predict.py, the web app and the
+    browser tests read. Keys: tracking_uri, result (the RunResult), env (for subprocesses)."""
+    from mlp.experiment import run
+
+    mlruns = tmp_path_factory.mktemp("champion") / "mlruns"
+    overrides = ["model.num_layers=2", "model.layer_size=256", "trainer.epochs=2", "trainer.device=cpu"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        cfg = compose_cfg([*overrides, "trainer.progress=false", f"tracking.dir={mlruns}", "tracking.register=true"])
+        result = run(cfg)
+    uri = result.tracking_uri  # (MLflow itself sets $MLFLOW_TRACKING_URI in-process: not a guide afterwards)
+    return {"tracking_uri": uri, "result": result, "env": subprocess_env(MLFLOW_TRACKING_URI=uri)}
+
+
+@pytest.fixture(scope="session")
+def digit_photos(champion: dict, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Path, int]]:
+    """Photo-like files of MNIST test digits (dark on light, JPEG/PNG/WebP) that the champion
+    reads correctly, one of each of the digits 0-9: (path, label)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mlp import data, images, registry
+
+    folder = tmp_path_factory.mktemp("photos")
+    _, _, test_x, test_y = data.read_mnist(ROOT / "data")
+    recognizer = registry.Recognizer(registry.DEFAULT_URI, champion["tracking_uri"])
+    rng = np.random.default_rng(0)
+    found: dict[int, Path] = {}
+    for i, (digit, label) in enumerate(zip(test_x.numpy()[:200], test_y[:200].tolist(), strict=True)):
+        if label in found:
+            continue
+        fmt = ("JPEG", "PNG", "WEBP")[len(found) % 3]
+        path = folder / f"test{i:04d}-digit{label}.{fmt.lower()}"
+        Image.open(io.BytesIO(images.photo_like(digit, rng))).save(path, fmt)
+        if recognizer.predict(images.load_digit(path)[None])[0].argmax() == label:
+            found[label] = path
+    return [(found[k], k) for k in sorted(found)]
+
+
+@pytest.fixture(scope="session")
+def web_app(champion: dict) -> Iterator[str]:
+    """The web app (`python -m mlp.serve`, as `make serve` starts it) serving the champion; its URL."""
+    from tests.web import running_app
+
+    with running_app(champion["env"]) as url:
+        yield url

@@ -1,5 +1,6 @@
 """One run through the compose API on tiny synthetic data, MLflow in a temporary SQLite file."""
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -116,7 +117,9 @@ def test_model_is_logged_and_loads_without_pickle(logged, tmp_path) -> None:
     splits = data.load(
         "synthetic", "", cfg.data.val_size, cfg.data.split_seed, "cpu", cfg.data.num_train, cfg.data.num_test
     )
-    preds = loaded(splits.test_x).argmax(dim=1)
+    probs = loaded(splits.test_images)  # the model takes 0-255 pixels [N, 28, 28] and returns probabilities
+    assert torch.allclose(probs.sum(dim=1), torch.ones(len(probs)))
+    preds = probs.argmax(dim=1)
     # The loaded model predicts what the trained one did, image by image: the same confusion
     # matrix as the run logged, so the same test accuracy to the last digit.
     cm = torch.bincount(splits.test_y * 10 + preds, minlength=100).reshape(10, 10)
@@ -130,6 +133,14 @@ def test_model_is_logged_and_loads_without_pickle(logged, tmp_path) -> None:
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert "data/model.pt2" in files  # a torch.export graph
     assert not [f for f in files if f.endswith((".pth", ".pkl", ".pickle"))]  # no pickled objects
+    # The signature and the input example say what the model takes and gives.
+    info = mlflow.models.get_model_info(model.model_uri)
+    (inputs,), (outputs,) = info.signature.inputs.to_dict(), info.signature.outputs.to_dict()
+    assert inputs["tensor-spec"] == {"dtype": "uint8", "shape": (-1, 28, 28)}
+    assert outputs["tensor-spec"] == {"dtype": "float32", "shape": (-1, 10)}
+    example = np.asarray(json.loads((local / "input_example.json").read_text()))
+    assert example.shape == (4, 28, 28) and example.max() > 200  # raw pixels, not normalised ones
+    assert "mnist-mlp" not in [m.name for m in client.search_registered_models()]  # a plain run registers nothing
 
 
 def test_same_config_and_seed_give_identical_metrics(tiny_cfg) -> None:

@@ -78,3 +78,19 @@ def test_each_schedule_config_makes_its_learning_rate_curve(schedule: str, expec
         optimizer.step()
         scheduler.step()
     assert expected(lrs), lrs[:3] + lrs[-3:]
+
+
+def test_recognizer_takes_pixels_in_every_form_and_returns_probabilities() -> None:
+    from mlp.data import MEAN, STD
+    from mlp.model import DigitRecognizer
+
+    torch.manual_seed(0)
+    net = MLP(num_layers=2, layer_size=16).eval()
+    recognizer = DigitRecognizer(net, MEAN, STD)
+    pixels = torch.randint(0, 256, (3, 28, 28), dtype=torch.uint8)
+    expected = net((pixels.flatten(1).float() / 255 - MEAN) / STD).softmax(dim=1)  # the training data's normalisation
+    for form in (pixels, pixels.flatten(1), pixels.float(), pixels.double().flatten(1)):
+        probs = recognizer(form)
+        assert probs.dtype == torch.float32 and probs.shape == (3, 10)
+        assert torch.equal(probs, expected)
+    assert torch.allclose(probs.sum(dim=1), torch.ones(3))

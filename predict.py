@@ -1,0 +1,65 @@
+"""Read the digit in each image with the registered champion model (or any logged model).
+
+    python predict.py digit.png                          # models:/mnist-mlp@champion from ./mlruns
+    python predict.py photo.jpg scan.webp drawing.gif    # several at once: one line each
+    python predict.py digit.png --save-input seen/       # also save the 28x28 image the model read
+    python predict.py digit.png --model models:/mnist-mlp/3     # another version, or runs:/<run id>/model
+
+Any size, colour or grey, dark ink on light paper or the reverse, a photo with uneven light:
+each picture becomes a 28x28 image the way MNIST's were made (mlp/images.py). The champion
+comes from `python train.py model=best`. A file that cannot be read (not an image, truncated,
+blank, too large) gets one line saying why; the others are still read; the exit status is 1
+if any file failed. Tracking store: $MLFLOW_TRACKING_URI, else this project's mlruns/mlflow.db.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from mlp.errors import UserError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Read the digit in each image.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, GIF, WebP, ... files")
+    parser.add_argument("--model", default=None, help="model URI (default: models:/mnist-mlp@champion)")
+    parser.add_argument("--save-input", metavar="DIR", help="save the 28x28 image read, as DIR/<name>.28x28.png")
+    args = parser.parse_args(argv)
+
+    from PIL import Image
+
+    from mlp import images, registry
+
+    try:
+        recognizer = registry.Recognizer(args.model or registry.DEFAULT_URI)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    failed = 0
+    for name in args.images:
+        try:
+            pixels = images.load_digit(name)
+        except UserError as e:
+            print(f"{name}: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        probs = recognizer.predict(pixels[None])[0]
+        first, second = probs.argsort()[::-1][:2]
+        print(f"{name}: {first} ({probs[first]:.1%}), runner-up {second} ({probs[second]:.1%})")
+        if args.save_input:
+            out = Path(args.save_input) / f"{Path(name).name}.28x28.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(out)
+    if failed:
+        print(f"{failed} of {len(args.images)} file(s) could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

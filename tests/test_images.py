@@ -1,0 +1,131 @@
+"""Pictures of digits -> MNIST's 28x28 convention: real files in every format, both polarities,
+uneven light, specks, and the one-line reasons a file is refused."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+from mlp import images
+from mlp.images import ImageError, load_digit
+
+
+def drawn_seven(size: int = 300, ink: int = 30, paper: int = 235, width: int = 22) -> Image.Image:
+    """A '7' in dark ink on light paper, as a person draws it, in the middle of the sheet."""
+    img = Image.new("L", (size, size), paper)
+    s = size / 300
+    ImageDraw.Draw(img).line([(90 * s, 80 * s), (210 * s, 80 * s), (130 * s, 230 * s)], fill=ink, width=int(width * s))
+    return img
+
+
+def encoded(img: Image.Image, fmt: str, **kwargs) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **kwargs)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def reference() -> np.ndarray:
+    return load_digit(encoded(drawn_seven(), "PNG"))
+
+
+def similar(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation of two 28x28 images (1 = the same up to brightness)."""
+    return float(np.corrcoef(a.ravel().astype(float), b.ravel().astype(float))[0, 1])
+
+
+def test_mnist_convention_box_20_centre_of_mass_centred_light_on_dark(reference: np.ndarray) -> None:
+    assert reference.shape == (28, 28) and reference.dtype == np.uint8
+    rows, cols = np.flatnonzero(reference.any(axis=1)), np.flatnonzero(reference.any(axis=0))
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in (20, 21)  # fits 20x20 (+1: anti-aliased edge)
+    cy, cx = ndimage.center_of_mass(reference.astype(float))
+    assert abs(cy - 13.5) <= 1 and abs(cx - 13.5) <= 1
+    assert reference.max() == 255 and reference[0].max() == 0  # light digit, dark ground
+    assert 0 < ((reference > 0) & (reference < 255)).sum()  # anti-aliased: grey edges
+
+
+def test_a_thin_tall_stroke_keeps_its_aspect_ratio() -> None:
+    img = Image.new("L", (200, 400), 255)
+    ImageDraw.Draw(img).line([(100, 50), (100, 350)], fill=0, width=16)
+    seen = load_digit(encoded(img, "PNG"))
+    rows, cols = np.flatnonzero(seen.any(axis=1)), np.flatnonzero(seen.any(axis=0))
+    assert rows[-1] - rows[0] + 1 >= 20 and cols[-1] - cols[0] + 1 <= 4
+
+
+@pytest.mark.parametrize(
+    "fmt,mode,kwargs",
+    [("PNG", "L", {}), ("JPEG", "RGB", {"quality": 70}), ("BMP", "RGB", {}), ("GIF", "P", {}),
+     ("WEBP", "RGB", {"quality": 80}), ("PNG", "RGBA", {})],
+)  # fmt: skip
+def test_every_format_and_colour_mode_gives_the_same_digit(reference, fmt: str, mode: str, kwargs: dict) -> None:
+    img = drawn_seven().convert(mode)
+    assert similar(load_digit(encoded(img, fmt, **kwargs)), reference) > 0.95
+
+
+def test_light_ink_on_dark_is_detected(reference: np.ndarray) -> None:
+    inverted = Image.eval(drawn_seven(), lambda v: 255 - v)  # chalk on a blackboard
+    assert similar(load_digit(encoded(inverted, "PNG")), reference) > 0.95
+
+
+def test_transparent_drawings_in_either_ink(reference: np.ndarray) -> None:
+    alpha = Image.eval(drawn_seven(), lambda v: 255 - v)  # opaque where the ink is
+    dark = Image.merge("RGBA", [Image.new("L", alpha.size, 0)] * 3 + [alpha])
+    light = Image.merge("RGBA", [Image.new("L", alpha.size, 255)] * 3 + [alpha])
+    assert similar(load_digit(encoded(dark, "PNG")), reference) > 0.95
+    assert similar(load_digit(encoded(light, "PNG")), reference) > 0.95
+
+
+def test_uneven_light_is_not_ink(reference: np.ndarray) -> None:
+    """Paper going from bright to darker than half its brightness across the sheet (a shadow):
+    a global threshold would take the shadowed paper for ink."""
+    levels = np.asarray(drawn_seven(), dtype=np.float32)
+    shade = np.linspace(1.0, 0.4, levels.shape[1])[None, :]
+    photo = Image.fromarray(np.clip(levels * shade, 0, 255).astype(np.uint8))
+    assert similar(load_digit(encoded(photo, "JPEG", quality=85)), reference) > 0.9
+
+
+def test_specks_of_dirt_do_not_move_the_box(reference: np.ndarray) -> None:
+    img = drawn_seven()
+    draw = ImageDraw.Draw(img)
+    for x, y in [(15, 15), (280, 20), (20, 285), (285, 280)]:
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=30)
+    assert similar(load_digit(encoded(img, "PNG")), reference) > 0.95
+
+
+def test_mnist_digits_as_photos_come_back_close_to_themselves() -> None:
+    rng = np.random.default_rng(0)
+    digit = np.zeros((28, 28), np.uint8)
+    digit[4:24, 12:16] = 255  # a '1', 20 pixels tall, centred as MNIST's are
+    for _ in range(5):
+        seen = load_digit(images.photo_like(digit, rng, uneven_light=True))
+        assert similar(seen, digit) > 0.8
+
+
+def test_animated_gif_uses_its_first_frame(reference: np.ndarray) -> None:
+    frames = [drawn_seven().convert("P"), Image.new("P", (300, 300), 0)]
+    data = encoded(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    assert similar(load_digit(data), reference) > 0.95
+
+
+def test_bad_files_get_one_line_each(tmp_path) -> None:
+    png = encoded(drawn_seven(), "PNG")
+    cases = {
+        b"": "empty file",
+        b"hello, I am text": "not an image",
+        png[: len(png) // 2]: "damaged or truncated image",
+        encoded(Image.new("L", (64, 64), 200), "PNG"): "blank: no ink found",
+        encoded(Image.new("1", (8000, 6000)), "PNG"): "too large: 8000x6000 pixels",
+        b"\0" * (images.MAX_BYTES + 1): "too large: 20.0 MiB",
+    }
+    for data, reason in cases.items():
+        with pytest.raises(ImageError) as caught:
+            load_digit(data)
+        assert str(caught.value).startswith(reason) and "\n" not in str(caught.value)
+    with pytest.raises(ImageError, match="no such file"):
+        load_digit(tmp_path / "missing.png")
+    with pytest.raises(ImageError, match="a directory"):
+        load_digit(tmp_path)

@@ -1,0 +1,69 @@
+"""The web app started as `make serve` starts it, and a browser to look at it (not a test file). Use:
+
+with running_app(env) as url: ...        # python -m mlp.serve on a free port, until the block ends
+chromium = ensure_chromium()             # /usr/bin/chromium; as root installed with apt-get when missing
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from tests.conftest import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_app(env: dict[str, str], *args: str) -> Iterator[str]:
+    """``python -m mlp.serve`` on a free local port; yields its URL once /health answers (with or without a model)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlp.serve", "--port", str(port), *args]
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            with contextlib.suppress(requests.ConnectionError):
+                if requests.get(f"{url}/health", timeout=10).status_code in (200, 503):
+                    break
+            if server.poll() is not None or time.time() > deadline:
+                server.kill()
+                pytest.fail(f"the web app did not start: {server.communicate()[0][-2000:]}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def ensure_chromium() -> str:
+    """Debian's Chromium (Playwright's own browser download is not used); as root it is installed
+    with apt-get when missing, as `.ci/run` needs on a fresh machine; else the test is skipped."""
+    if os.path.exists(CHROMIUM):
+        return CHROMIUM
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"no {CHROMIUM}: run `sudo apt-get install -y chromium`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "chromium"]
+    for cmd in (install, ["apt-get", "update"], install):  # update only when the first install fails
+        print(f"{CHROMIUM} missing: running {' '.join(cmd)}", file=sys.stderr)
+        done = subprocess.run(cmd, env=env, stdout=2, stderr=2, stdin=subprocess.DEVNULL)
+        if cmd is install and done.returncode == 0 and os.path.exists(CHROMIUM):
+            return CHROMIUM
+    pytest.fail("`apt-get install -y chromium` did not provide /usr/bin/chromium (see its output above)")
