@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,9 @@ import numpy as np
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
 
+from mlp import tracking
 from mlp.config import PROJECT_ROOT
 from mlp.errors import UserError, first_line
 
@@ -29,7 +30,8 @@ log = logging.getLogger(__name__)
 CHAMPION = "champion"
 DEFAULT_MODEL = "mnist-mlp"
 DEFAULT_URI = f"models:/{DEFAULT_MODEL}@{CHAMPION}"
-DEFAULT_TRACKING = f"sqlite:///{PROJECT_ROOT / 'mlruns' / 'mlflow.db'}"
+DEFAULT_DIR = PROJECT_ROOT / "mlruns"  # conf/config.yaml's tracking.dir
+DEFAULT_TRACKING = f"sqlite:///{DEFAULT_DIR / 'mlflow.db'}"
 HOW_TO_MAKE_ONE = "train and register one with:  python train.py model=best   (or any run with tracking.register=true)"
 
 
@@ -78,7 +80,7 @@ def register(model_uri: str, name: str, run_id: str, val_acc: float, tags: dict[
 def use_tracking(uri: str | None = None) -> str:
     """Point MLflow at ``uri``, else $MLFLOW_TRACKING_URI, else the project's own store
     (mlruns/mlflow.db, where train.py logs by default); return the URI."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING
+    uri = tracking.tracking_uri(OmegaConf.create({"uri": uri, "dir": str(DEFAULT_DIR)}))  # as train.py resolves it
     mlflow.set_tracking_uri(uri)
     return uri
 
@@ -98,14 +100,14 @@ class Recognizer:
         if self.tracking_uri.startswith("sqlite:///") and not store.exists():  # MLflow would create an empty one
             raise NoModel(f"no tracking store at {store} yet: {HOW_TO_MAKE_ONE}")
         try:
-            if uri.startswith("models:/") and not _registry_has(uri):
+            self.version = _registered_version(uri)
+            if self.version is None:
                 raise NoModel(f"no model at {uri} in {self.tracking_uri}: {HOW_TO_MAKE_ONE}")
             self.model = mlflow.pytorch.load_model(uri)
         except NoModel:
             raise
         except Exception as e:  # noqa: BLE001 - MLflow's, SQLAlchemy's, torch's and OS errors alike
             raise NoModel(f"cannot load the model {uri} from {self.tracking_uri}: {first_line(e)}") from e
-        self.version = _version_of(uri)
         try:  # a model logged before models took pixels (or another model altogether) fails here, not on a user's image
             probs = self.predict(np.zeros((1, 28, 28), np.uint8))
             if probs.shape != (1, 10) or abs(float(probs.sum()) - 1) > 1e-3:
@@ -121,32 +123,19 @@ class Recognizer:
             return self.model(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))).numpy()
 
 
-def _registry_has(uri: str) -> bool:
-    """Whether a models:/NAME@ALIAS or models:/NAME/VERSION URI resolves (other models:/ URIs: assume so)."""
-    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
-    if match is None:
-        return True
-    client = MlflowClient()
-    try:
-        if match[2]:
-            client.get_model_version_by_alias(match[1], match[2])
-        else:
-            client.get_model_version(match[1], match[3])
-    except MlflowException:
-        return False
-    return True
-
-
-def _version_of(uri: str) -> str:
-    """``mnist-mlp version 3`` for a registry URI, else the URI itself."""
+def _registered_version(uri: str) -> str | None:
+    """``mnist-mlp version 3`` for a models:/NAME@ALIAS or models:/NAME/VERSION URI that resolves,
+    None for one that does not; any other URI as it is (its load says whether it exists)."""
     match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
     if match is None:
         return uri
-    with contextlib.suppress(MlflowException):
+    client = MlflowClient()
+    try:
         if match[2]:
-            return f"{match[1]} version {MlflowClient().get_model_version_by_alias(match[1], match[2]).version}"
-        return f"{match[1]} version {match[3]}"
-    return uri
+            return f"{match[1]} version {client.get_model_version_by_alias(match[1], match[2]).version}"
+        return f"{match[1]} version {client.get_model_version(match[1], match[3]).version}"
+    except MlflowException:
+        return None
 
 
 def winner_origin(choices: dict[str, str], sources: list[str]) -> dict[str, str] | None:
