@@ -19,7 +19,7 @@ train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(ARGS)
 
 # Browse the runs: http://127.0.0.1:5000
 ui: $(STAMP)
@@ -34,6 +34,7 @@ serve: $(STAMP)
 # the project's tracking store named (no stray ./mlflow.db), the venv used as it is (no new environment).
 serve-mlflow: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlruns/mlflow.db} \
+		MLFLOW_DEFAULT_PREDICTION_DEVICE=$${MLFLOW_DEFAULT_PREDICTION_DEVICE:-cpu} \
 		$(BIN)/mlflow models serve -m models:/mnist-mlp@champion --env-manager local --host 127.0.0.1 --port 5002 $(ARGS)
 
 # A local PostgreSQL (study storage) and mlflow server for multi-worker sweeps; prints the URLs to export.

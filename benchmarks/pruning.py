@@ -31,7 +31,7 @@ from scipy.stats import spearmanr
 from mlp.trial import progress_step
 
 ROOT = Path(__file__).resolve().parent.parent
-PRUNERS = ("median", "successive_halving", "hyperband")  # conf/hydra/sweeper/pruner/*.yaml
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband")  # conf/hydra/sweeper/pruner/*.yaml
 
 
 def sweep(folder: Path, name: str, overrides: list[str]) -> float:

@@ -204,16 +204,36 @@ def log_model(model: Any, example: np.ndarray) -> str:
     """The model in MLflow's PyTorch flavour, saved as a torch.export graph (pt2): loading it
     runs no pickled code. The graph takes inputs of ``example``'s dtype and shape (any batch
     size), which the signature, inferred from the example, records. Requirements are given, not
-    inferred (inference takes seconds). Returns the model's URI (``models:/m-...``)."""
+    inferred (inference takes seconds). Returns the model's URI (``models:/m-...``).
+
+    The graph is exported on the CPU, so it runs anywhere; MLflow's pyfunc loader would put it
+    on CUDA where a GPU is present (and refuse: an exported graph cannot change device), so its
+    check of the input example runs with MLFLOW_DEFAULT_PREDICTION_DEVICE=cpu."""
     cpu_model = copy.deepcopy(model).cpu().eval()
-    info = mlflow.pytorch.log_model(
-        cpu_model,
-        name="model",
-        input_example=example,
-        serialization_format="pt2",
-        pip_requirements=[f"torch=={importlib.metadata.version('torch')}"],
-    )
+    with scoped_env(MLFLOW_DEFAULT_PREDICTION_DEVICE=os.environ.get("MLFLOW_DEFAULT_PREDICTION_DEVICE") or "cpu"):
+        info = mlflow.pytorch.log_model(
+            cpu_model,
+            name="model",
+            input_example=example,
+            serialization_format="pt2",
+            pip_requirements=[f"torch=={importlib.metadata.version('torch')}"],
+        )
     return info.model_uri
+
+
+@contextlib.contextmanager
+def scoped_env(**values: str) -> Iterator[None]:
+    """Environment variables set for the block, then restored."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def ui_hint(uri: str, experiment_id: str, run_id: str) -> tuple[str, str]:

@@ -56,7 +56,7 @@ def job_storage(url: str) -> optuna.storages.RDBStorage:
 
 
 PRUNER_CHOICES = (
-    "hydra/sweeper/pruner=none|median|successive_halving|hyperband, "
+    "hydra/sweeper/pruner=percentile|median|successive_halving|hyperband|none, "
     "or a mapping with _target_: optuna.pruners.<Class> and its arguments"
 )
 

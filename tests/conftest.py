@@ -156,3 +156,12 @@ def web_app(champion: dict) -> Iterator[str]:
 
     with running_app(champion["env"]) as url:
         yield url
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist (`make test` runs two workers, --dist loadgroup), each module runs on
+    one worker, so its module fixtures are made once, and the tests that read the session's
+    champion model all run on the same worker, so it is trained once."""
+    for item in items:
+        group = "champion" if "champion" in getattr(item, "fixturenames", ()) else item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -21,7 +21,7 @@ from tests.conftest import CONF, Sweep
 THRESHOLD = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01}  # prunes at every step: acc < 1.01
 # Any Optuna pruner, from the command line: a new _target_ and its arguments (new keys: +).
 ALWAYS_PRUNE = (
-    "hydra/sweeper/pruner=none",  # the default (median) pruner's keys would not fit ThresholdPruner
+    "hydra/sweeper/pruner=none",  # the default (percentile) pruner's keys would not fit ThresholdPruner
     "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
     "+hydra.sweeper.pruner.lower=1.01",
 )
@@ -30,6 +30,7 @@ ALWAYS_PRUNE = (
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
+        ("percentile", optuna.pruners.PercentilePruner),
         ("median", optuna.pruners.MedianPruner),
         ("successive_halving", optuna.pruners.SuccessiveHalvingPruner),
         ("hyperband", optuna.pruners.HyperbandPruner),
@@ -40,6 +41,24 @@ def test_each_pruner_config_makes_optunas_own_pruner(name: str, expected: type) 
     with initialize_config_dir(config_dir=CONF):
         cfg = compose("config", ["hydra/sweeper=optuna", f"hydra/sweeper/pruner={name}"], return_hydra_config=True)
     assert isinstance(make_pruner(OmegaConf.to_container(cfg.hydra.sweeper.pruner)), expected)
+
+
+def test_the_percentile_pruner_stops_only_the_bottom_quarter() -> None:
+    """Optuna's ``percentile`` is the share kept: ours (75) stops a trial below the 25th
+    percentile of the completed trials at its step, and not one between it and the median."""
+    with initialize_config_dir(config_dir=CONF):
+        cfg = compose("config", ["hydra/sweeper=optuna", "hydra/sweeper/pruner=percentile"], return_hydra_config=True)
+    pruner = make_pruner(OmegaConf.to_container(cfg.hydra.sweeper.pruner))
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for value in (0.90, 0.92, 0.94, 0.96, 0.98):  # completed trials, each 0.01 below its end at 50%
+        study.add_trial(optuna.trial.create_trial(value=value + 0.01, intermediate_values={50: value}))
+
+    def stopped(value: float) -> bool:
+        trial = study.ask()
+        trial.report(value, 50)
+        return trial.should_prune()
+
+    assert [stopped(v) for v in (0.915, 0.925, 0.935)] == [True, False, False]  # 25th percentile: 0.92; median 0.94
 
 
 def batch_sizes(cfg: object, trial: optuna.trial.Trial) -> None:
@@ -87,12 +106,12 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep() -> None:
     ["hyperband", {"_target_": "optuna.pruners.NoSuchPruner"}, {"_target_": "optuna.pruners.MedianPruner", "x": 1}],
 )
 def test_a_bad_pruner_is_one_clear_error(spec: object) -> None:
-    with pytest.raises(UserError, match=r"hydra\.sweeper\.pruner.*hydra/sweeper/pruner=none\|median"):
+    with pytest.raises(UserError, match=r"hydra\.sweeper\.pruner.*hydra/sweeper/pruner=percentile\|median"):
         make_pruner(spec)
 
 
 def test_a_pruner_that_is_not_one_is_refused() -> None:
-    with pytest.raises(UserError, match=r"hydra\.sweeper\.pruner.*hydra/sweeper/pruner=none\|median"):
+    with pytest.raises(UserError, match=r"hydra\.sweeper\.pruner.*hydra/sweeper/pruner=percentile\|median"):
         make_pruner({"_target_": "optuna.samplers.RandomSampler"})  # only optuna.pruners.* are made
 
 

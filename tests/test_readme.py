@@ -4,15 +4,20 @@ sweeper's settings included), and the error examples fail with the line the READ
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 from mlp.config import validate
 from mlp.errors import one_line
-from tests.conftest import CONF, ROOT
+from tests.conftest import CONF, ROOT, subprocess_env
 
 COMMAND = re.compile(r"^\s+(\$ )?(?:\.venv/bin/)?python train\.py(.*)$")
 
@@ -60,3 +65,74 @@ def test_each_readme_command_composes_as_written(line: str, words: list[str], ex
     with pytest.raises(Exception) as info:  # noqa: PT011 - whatever it is, its one line is the README's
         compose_command(words)
     assert f"error: {one_line(info.value)}" == expected
+
+
+# The README's cheap commands run as written, in a copy of the repository as a user clones it.
+SWEEP_PY = re.compile(r"^\s+(?:\.venv/bin/)?python sweep\.py .*$")
+SMOKE = re.compile(r"^\s+python train\.py -m .*study_name=smoke.*$")
+FLAGS = re.compile(r"^\s+python train\.py --(cfg job|help)\b.*$")
+
+
+def readme_lines(pattern: re.Pattern) -> list[str]:
+    """The README's code lines that match, without their comments."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    return [line.split(" #")[0].strip() for line in lines if pattern.match(line)]
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The repository's files (tracked and new, nothing git ignores: no mlruns, no winner of a
+    test) in a new folder, with this checkout's MNIST and virtualenv linked in."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    )  # fmt: skip
+    dest = tmp_path_factory.mktemp("clone") / "mlp-digits"
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    (dest / "data").symlink_to(ROOT / "data", target_is_directory=True)
+    (dest / ".venv").symlink_to(Path(sys.prefix), target_is_directory=True)
+    return dest
+
+
+def shell(clone: Path, command: str) -> subprocess.CompletedProcess:
+    """``command`` in bash in the clone, the virtualenv first on PATH (as after `source .venv/bin/activate`)."""
+    env = subprocess_env(
+        PATH=f"{clone / '.venv' / 'bin'}:{os.environ['PATH']}", OPTUNA_STORAGE=f"sqlite:///{clone}/mlruns/optuna.db"
+    )
+    return subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
+    sweep_lines = [line for line in readme_lines(SWEEP_PY) if " shared " not in line]  # shared: the PostgreSQL try-out
+    assert len(sweep_lines) >= 6 and any("--top 10" in line for line in sweep_lines)
+
+    before = shell(clone, "python sweep.py leaderboard --top 10")  # no sweep yet: one line naming what is there
+    assert before.returncode == 2 and before.stderr.count("\n") == 1 and "run a sweep first" in before.stderr
+
+    (smoke,) = readme_lines(SMOKE)
+    assert shell(clone, smoke).returncode == 0
+    # the default sweep (README: `python train.py -m hydra/sweeper=optuna`) with synthetic data added, 8 short trials
+    default = shell(
+        clone,
+        "python train.py -m hydra/sweeper=optuna data=synthetic trainer.epochs=1 hydra.sweeper.n_trials=8 "
+        "hydra.sweeper.study_name=mnist-mlp",
+    )
+    assert default.returncode == 0, default.stderr[-2000:]
+    shipped = (ROOT / "conf/model/best.yaml").read_text()
+    assert (clone / "conf/model/best.yaml").read_text() == shipped  # the synthetic study scored lower: file kept
+
+    for line in sweep_lines:
+        done = shell(clone, line)
+        assert done.returncode == 0, f"{line}\n{done.stderr[-2000:]}"
+        assert done.stdout.strip() or "plots" in line, line
+    assert "smoke: 3 complete" in shell(clone, "python sweep.py list").stdout
+    exported = (clone / "conf/model/best.yaml").read_text()  # `export --trial 7` asked for trial 7 of mnist-mlp
+    assert exported.startswith("# @package _global_\n# winner: study=mnist-mlp trial=7 ")
+    assert len(list((clone / "plots").glob("*.png"))) >= 4
+    for line in readme_lines(FLAGS):
+        done = shell(clone, line)
+        assert done.returncode == 0 and ("model:" in done.stdout or "== Configuration groups ==" in done.stdout), line

@@ -97,7 +97,8 @@ def test_fresh_process_pyfunc_gives_the_runs_test_accuracy(champion: dict) -> No
         import json, mlflow, numpy as np
         from mlp.data import read_mnist
         _, _, x, y = read_mnist({str(ROOT / "data")!r})
-        probs = mlflow.pyfunc.load_model("models:/mnist-mlp@champion").predict(x.numpy())
+        model = mlflow.pyfunc.load_model("models:/mnist-mlp@champion", model_config={{"device": "cpu"}})
+        probs = model.predict(x.numpy())
         print(json.dumps({{"shape": probs.shape, "acc": int((probs.argmax(1) == y.numpy()).sum()) / len(y),
                            "sums": [float(probs.sum(1).min()), float(probs.sum(1).max())]}}))
         """)
