@@ -26,6 +26,7 @@ from omegaconf import OmegaConf
 
 from mlp.config import PROJECT_ROOT
 from mlp.errors import UserError
+from mlp.filelock import sqlite_file
 from mlp.sweeps import state_counts, winner_file
 
 
@@ -39,7 +40,7 @@ def defaults() -> tuple[str, str, str]:
 
 
 def open_storage(url: str) -> str:
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+    if (path := sqlite_file(url)) is not None and not path.exists():
         raise UserError(f"no study storage at {url}: run a sweep first (python train.py -m hydra/sweeper=optuna)")
     try:
         optuna.get_all_study_names(storage=url)

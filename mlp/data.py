@@ -267,9 +267,8 @@ class RandomAffine:
 def make_augment(d: Any, device: torch.device | str) -> RandomShift | RandomAffine | None:
     """The training-time augmentation a ``data`` config asks for: exact pixel shifts, or with a
     rotation or scale range the affine one; None when all are 0."""
-    rotation, scale = d.get("max_rotation", 0), d.get("max_scale", 0.0)
-    if rotation > 0 or scale > 0:
-        return RandomAffine(d.max_shift, rotation, scale)
+    if d.max_rotation > 0 or d.max_scale > 0:
+        return RandomAffine(d.max_shift, d.max_rotation, d.max_scale)
     return RandomShift(d.max_shift, device) if d.max_shift > 0 else None
 
 

@@ -11,13 +11,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///PATH`` URL (MLflow's and Optuna's); None for any other URL."""
+    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+        return None
+    return Path(url.removeprefix("sqlite:///"))
+
+
 @contextlib.contextmanager
 def sqlite_creation_lock(url: str) -> Iterator[None]:
     """Hold ``<database>.lock`` while opening ``url`` when it is a SQLite file; else nothing."""
-    if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
+    if (path := sqlite_file(url)) is None:
         yield
         return
-    lock = Path(url.removeprefix("sqlite:///") + ".lock")
+    lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from mlp import tracking
 from mlp.config import PROJECT_ROOT
 from mlp.errors import UserError, first_line
+from mlp.filelock import sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,8 @@ class Recognizer:
     def __init__(self, uri: str = DEFAULT_URI, tracking_uri: str | None = None):
         self.tracking_uri = use_tracking(tracking_uri)
         self.uri = uri
-        store = Path(self.tracking_uri.removeprefix("sqlite:///"))
-        if self.tracking_uri.startswith("sqlite:///") and not store.exists():  # MLflow would create an empty one
+        store = sqlite_file(self.tracking_uri)
+        if store is not None and not store.exists():  # MLflow would create an empty one
             raise NoModel(f"no tracking store at {store} yet: {HOW_TO_MAKE_ONE}")
         try:
             self.version = _registered_version(uri)

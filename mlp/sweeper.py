@@ -45,6 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlp import sweeps, tracking
 from mlp.config import GROUPS
 from mlp.errors import ConfigError, UserError, first_line
+from mlp.filelock import sqlite_file
 from mlp.search_space import SearchSpace
 from mlp.trial import make_pruner, open_storage
 
@@ -240,8 +241,8 @@ class StudySweep:
             self.rdb = None
         else:
             url = str(url)
-            if url.startswith("sqlite:///"):
-                os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
+            if (path := sqlite_file(url)) is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
             try:
                 self.rdb = open_storage(
                     url,

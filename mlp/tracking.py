@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp.config import PROJECT_ROOT
 from mlp.errors import UserError, first_line
-from mlp.filelock import sqlite_creation_lock
+from mlp.filelock import sqlite_creation_lock, sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
 def check_sqlite_store(uri: str) -> None:
     """A SQLite file that is not MLflow's (MLflow would silently add its tables to it), or is
     damaged, is one line before MLflow touches it."""
-    path = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    path = sqlite_file(uri)
     if path is None or not path.exists() or path.stat().st_size == 0:
         return
     try:
