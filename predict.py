@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlp.errors import UserError
+from mlp.errors import UserError, closed_pipe_quietly
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,4 +62,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with closed_pipe_quietly():
+        sys.exit(main())

@@ -25,7 +25,7 @@ import optuna
 from omegaconf import OmegaConf
 
 from mlp.config import PROJECT_ROOT
-from mlp.errors import UserError
+from mlp.errors import UserError, closed_pipe_quietly
 from mlp.filelock import sqlite_file
 from mlp.sweeps import state_counts, winner_file
 
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     plots.set_defaults(func=cmd_plots)
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        with closed_pipe_quietly():
+            args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

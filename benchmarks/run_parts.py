@@ -4,9 +4,12 @@ logs to MLflow (``train_seconds`` and ``time/*_seconds``).
 
     python benchmarks/run_parts.py                     # the default run (about a minute on 2 cores)
     python benchmarks/run_parts.py --repeat 3          # three runs in one store, each printed, then the median share
+    python benchmarks/run_parts.py trainer.precision=fp32            # float32 epochs (default: bf16 where the CPU can)
     python benchmarks/run_parts.py data=synthetic trainer.epochs=2   # a smoke run, seconds
 
-The runs log to a temporary folder; mlruns/ is left alone.
+Last, it times ``python -c "import train"`` (the interpreter and the imports a run needs) as
+often as the runs: the start-up that no change to the run itself can remove, next to what 15%
+of the wall would allow. The runs log to a temporary folder; mlruns/ is left alone.
 """
 
 from __future__ import annotations
@@ -59,6 +62,17 @@ def report(m: dict[str, float]) -> float:
     return outside
 
 
+def import_seconds(repeat: int) -> float:
+    """Wall seconds of ``python -c "import train"``: the interpreter and only the imports a run
+    needs (torch, torchvision, mlflow, hydra, matplotlib, ...), nothing run; median of ``repeat``."""
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import train"], cwd=ROOT, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=1, help="runs to time (default 1)")
@@ -67,12 +81,19 @@ def main() -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"CPU: {cpu} ({os.cpu_count()} cores)   date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"command: python train.py {' '.join(args.overrides)}")
-    shares = []
+    shares, trains = [], []
     with tempfile.TemporaryDirectory(prefix="run-parts-") as tmp:  # one store: the first run creates it
         for i in range(args.repeat):
             print(f"run {i + 1}{' (creates the MLflow store)' if i == 0 else ''}:", flush=True)
-            shares.append(report(one_run(Path(tmp), args.overrides)))
+            m = one_run(Path(tmp), args.overrides)
+            shares.append(report(m))
+            trains.append(m["train_seconds"])
     print(f"outside training, median of {len(shares)}: {statistics.median(shares):.1%} of the wall")
+    floor, train = import_seconds(args.repeat), statistics.median(trains)
+    print(
+        f"start-up floor: python -c 'import train' (the imports alone) {floor:.2f} s = {floor / (floor + train):.1%} "
+        f"of imports + training; 15% of the wall allows {0.15 / 0.85 * train:.2f} s outside {train:.2f} s of training"
+    )
 
 
 if __name__ == "__main__":

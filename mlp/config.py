@@ -163,17 +163,19 @@ def register() -> None:
     OmegaConf.register_resolver("winner_file", _winner_file, replace=True)
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for group, name, node in (
-        ("model", "mlp_schema", ModelConfig),
-        ("optimizer", "adamw_schema", AdamWConfig),
-        ("optimizer", "sgd_schema", SGDConfig),
-        ("schedule", "schedule_schema", ScheduleConfig),
-        ("schedule", "onecycle_schema", OneCycleConfig),
-        ("data", "mnist_schema", MnistConfig),
-        ("data", "synthetic_schema", SyntheticConfig),
-        ("trainer", "trainer_schema", TrainerConfig),
+    # At the top level, not in the groups they type: `train.py --help` lists only real options.
+    # conf/<group>/*.yaml extend them with `- /<name>@_here_`.
+    for name, node in (
+        ("mlp_schema", ModelConfig),
+        ("adamw_schema", AdamWConfig),
+        ("sgd_schema", SGDConfig),
+        ("schedule_schema", ScheduleConfig),
+        ("onecycle_schema", OneCycleConfig),
+        ("mnist_schema", MnistConfig),
+        ("synthetic_schema", SyntheticConfig),
+        ("trainer_schema", TrainerConfig),
     ):
-        cs.store(group=group, name=name, node=node)
+        cs.store(name=name, node=node)
 
 
 register()

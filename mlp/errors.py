@@ -101,6 +101,20 @@ def exit_on_user_error() -> Iterator[None]:
         _exit(str(ex))
 
 
+@contextlib.contextmanager
+def closed_pipe_quietly() -> Iterator[None]:
+    """Output piped into a reader that stops early (`| head`) ends the program quietly with
+    status 1, not with a BrokenPipeError traceback (the recipe in Python's signal docs)."""
+    try:
+        try:
+            yield
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not as a warning at exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        sys.exit(1)
+
+
 def run_cli(main: Callable[[], Any]) -> None:
     """Run a Hydra entry point; show errors a user can fix as one line and exit 2.
 
@@ -113,7 +127,8 @@ def run_cli(main: Callable[[], Any]) -> None:
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
-        main()
+        with closed_pipe_quietly():
+            main()
     except KeyboardInterrupt:
         print(f"error: stopped by {_signal_name[0]}; the MLflow run(s) it had open ended KILLED", file=sys.stderr)
         sys.exit(128 + _signal_number[0])

@@ -3,6 +3,7 @@ end to end and print their figures. The figures themselves are measured by hand 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,3 +30,17 @@ def test_sweep_quality_quick_prints_anytime_curves_and_medians(tmp_path: Path) -
     assert "median best val over seeds at half budget" in out and "median TPE - median random at full budget" in out
     assert (tmp_path / "sweep_quality.png").stat().st_size > 10_000  # the anytime-curve figure
     assert {p.name for p in tmp_path.glob("best_*.yaml")} == {"best_tpe-0.yaml", "best_random-0.yaml"}
+
+
+def test_run_parts_prints_every_part_and_the_start_up_floor() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks/run_parts.py"), "data=synthetic", "trainer.epochs=2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = dict(re.findall(r"^  (\S.*?\S)\s+(\d+\.\d\d) s\s+[\d.]+%$", done.stdout, flags=re.M))
+    assert {"whole process (wall)", "training epochs", "validation after epochs", "model to MLflow (pt2)"} <= set(rows)
+    parts = sum(float(v) for k, v in rows.items() if k not in ("whole process (wall)", "outside training"))
+    assert abs(parts - float(rows["whole process (wall)"])) < 0.02  # the parts add up to the wall
+    floor = re.search(r"^start-up floor: .* (\d+\.\d\d) s = [\d.]+% of imports \+ training", done.stdout, flags=re.M)
+    assert floor and 0.2 < float(floor.group(1)) < float(rows["whole process (wall)"])

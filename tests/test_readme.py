@@ -136,3 +136,7 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
     for line in readme_lines(FLAGS):
         done = shell(clone, line)
         assert done.returncode == 0 and ("model:" in done.stdout or "== Configuration groups ==" in done.stdout), line
+    groups = shell(clone, "python train.py --help").stdout
+    assert "\noptimizer: adamw, sgd\n" in groups and "_schema" not in groups  # options only, not the typed schemas
+    cut = shell(clone, "python train.py --help | head -1")  # a reader that stops early: no traceback
+    assert cut.stdout == "train is powered by Hydra.\n" and cut.stderr == ""
