@@ -29,6 +29,7 @@ import mlp.config
 from mlp import data, training
 from mlp.experiment import pick_device
 from mlp.model import MLP
+from mlp.tracking import cpu_model
 
 
 def matmul_peak(sizes: tuple[int, ...], seconds: float) -> float:
@@ -133,7 +134,7 @@ def main() -> None:
     device = pick_device(cfg.trainer.device)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CPU: {cpu_model()}")
     m = cfg.model
     print(
         f"model {m.num_layers}x{m.layer_size} {m.activation}, batch {cfg.trainer.batch_size}, "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -33,14 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mlp import data, images, registry  # noqa: E402
-
-
-def cpu_name() -> str:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+from mlp.tracking import cpu_model  # noqa: E402
 
 
 def photo_accuracy(recognizer: registry.Recognizer, x: np.ndarray, y: np.ndarray, uneven: bool) -> tuple[float, float]:
@@ -111,7 +103,7 @@ def main() -> None:
     _, _, test_x, test_y = data.read_mnist(ROOT / "data")
     x, y = test_x.numpy()[: args.limit], test_y.numpy()[: args.limit]
 
-    print(f"model {recognizer.version} ({args.model}); {len(x):,} MNIST test digits; CPU: {cpu_name()}, "
+    print(f"model {recognizer.version} ({args.model}); {len(x):,} MNIST test digits; CPU: {cpu_model()}, "
           f"{os.cpu_count()} cores")  # fmt: skip
     clean = float((recognizer.predict(x).argmax(axis=1) == y).mean())
     photo, per_image = photo_accuracy(recognizer, x, y, uneven=False)

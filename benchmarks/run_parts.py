@@ -25,6 +25,9 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from mlp.model import MLP
+from mlp.tracking import cpu_model
+
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = {  # logged metric -> what the row says
     "time/data_seconds": "data: read, check, split, normalise",
@@ -45,7 +48,13 @@ def one_run(folder: Path, overrides: list[str]) -> dict[str, float]:
         sys.exit(f"error: the run failed:\n{done.stderr[-2000:]}")
     client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id], max_results=1)[0]
-    return {"wall": wall, **run.data.metrics}  # the latest run
+    m = {"wall": wall, **run.data.metrics}  # the latest run
+    p = run.data.params
+    if "data.val_size" in p:  # the validation's arithmetic rate, to compare with epoch_speed.py's fp32 matmul peak
+        passes = len(client.get_metric_history(run.info.run_id, "val/acc"))
+        model = MLP(int(p["model.num_layers"]), int(p["model.layer_size"]))
+        m["validation_gflops"] = passes * int(p["data.val_size"]) * model.flops_per_example() / 1e9
+    return m
 
 
 def report(m: dict[str, float]) -> float:
@@ -57,6 +66,9 @@ def report(m: dict[str, float]) -> float:
     rows.append(("the rest: start-up, MLflow run and logging, exit", rest))
     for label, seconds in rows:
         print(f"  {label:<50} {seconds:7.2f} s  {seconds / m['wall']:6.1%}")
+    if "validation_gflops" in m:
+        rate = m["validation_gflops"] / m["time/validation_seconds"]
+        print(f"  {'validation speed (float32 forward passes)':<50} {rate:7.1f} GFLOP/s")
     outside = 1 - train / m["wall"]
     print(f"  {'outside training':<50} {m['wall'] - train:7.2f} s  {outside:6.1%}")
     return outside
@@ -78,8 +90,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs to time (default 1)")
     parser.add_argument("overrides", nargs="*", help="train.py overrides (default: none, the default run)")
     args = parser.parse_args()
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    print(f"CPU: {cpu} ({os.cpu_count()} cores)   date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
+    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores)   date: {time.strftime('%Y-%m-%d %H:%M %Z')}")
     print(f"command: python train.py {' '.join(args.overrides)}")
     shares, trains = [], []
     with tempfile.TemporaryDirectory(prefix="run-parts-") as tmp:  # one store: the first run creates it

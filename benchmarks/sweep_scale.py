@@ -43,6 +43,7 @@ from omegaconf import OmegaConf
 
 from mlp.search_space import SearchSpace
 from mlp.sweeps import trial_runs
+from mlp.tracking import cpu_model
 from mlp.trial import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,13 +57,6 @@ REPORTS = 20  # part (b): epoch reports per trial
 
 def progress(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def table(header: list[str], rows: list[list[object]]) -> None:

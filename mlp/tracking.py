@@ -129,11 +129,21 @@ def _git_commit() -> tuple[str, bool] | None:
     return commit.stdout.strip(), bool(status.stdout.strip())
 
 
+def cpu_model() -> str:
+    """The CPU's model name (timings are only comparable on one kind of machine)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
 def run_tags(overrides: list[str], device: str, seed: int) -> dict[str, str]:
-    """What it takes to rebuild a run: overrides, code version, package versions, device, seed."""
+    """What it takes to rebuild a run: overrides, code version, package versions, device, CPU, seed."""
     tags = {
         "hydra.overrides": " ".join(overrides),
         "device": device,
+        "cpu": cpu_model(),
         "seed": str(seed),
         "versions.python": platform.python_version(),
     }
@@ -209,10 +219,10 @@ def log_model(model: Any, example: np.ndarray) -> str:
     The graph is exported on the CPU, so it runs anywhere; MLflow's pyfunc loader would put it
     on CUDA where a GPU is present (and refuse: an exported graph cannot change device), so its
     check of the input example runs with MLFLOW_DEFAULT_PREDICTION_DEVICE=cpu."""
-    cpu_model = copy.deepcopy(model).cpu().eval()
+    on_cpu = copy.deepcopy(model).cpu().eval()
     with scoped_env(MLFLOW_DEFAULT_PREDICTION_DEVICE=os.environ.get("MLFLOW_DEFAULT_PREDICTION_DEVICE") or "cpu"):
         info = mlflow.pytorch.log_model(
-            cpu_model,
+            on_cpu,
             name="model",
             input_example=example,
             serialization_format="pt2",

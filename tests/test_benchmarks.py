@@ -42,5 +42,7 @@ def test_run_parts_prints_every_part_and_the_start_up_floor() -> None:
     assert {"whole process (wall)", "training epochs", "validation after epochs", "model to MLflow (pt2)"} <= set(rows)
     parts = sum(float(v) for k, v in rows.items() if k not in ("whole process (wall)", "outside training"))
     assert abs(parts - float(rows["whole process (wall)"])) < 0.02  # the parts add up to the wall
+    assert float(re.search(r"^  validation speed \(float32 forward passes\)\s+(\d+\.\d) GFLOP/s$", done.stdout,
+                           flags=re.M).group(1)) > 0  # fmt: skip
     floor = re.search(r"^start-up floor: .* (\d+\.\d\d) s = [\d.]+% of imports \+ training", done.stdout, flags=re.M)
     assert floor and 0.2 < float(floor.group(1)) < float(rows["whole process (wall)"])

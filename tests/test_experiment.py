@@ -85,6 +85,7 @@ def test_tags_make_the_run_rebuildable(logged) -> None:
     _, _, _, mlrun, _ = logged
     tags = mlrun.data.tags
     assert tags["device"] == "cpu" and tags["seed"] == "0"
+    assert tags["cpu"] and tags["cpu"] != "unknown CPU"  # which machine gave the time/* figures
     assert "hydra.overrides" in tags
     assert tags["versions.torch"] and tags["versions.mlflow"] and tags["versions.hydra-core"]
     assert len(tags["mlflow.source.git.commit"]) == 40
