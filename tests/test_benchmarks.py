@@ -41,7 +41,7 @@ def test_run_parts_prints_every_part_and_the_start_up_floor() -> None:
     rows = dict(re.findall(r"^  (\S.*?\S)\s+(\d+\.\d\d) s\s+[\d.]+%$", done.stdout, flags=re.M))
     assert {"whole process (wall)", "training epochs", "validation after epochs", "model to MLflow (pt2)"} <= set(rows)
     parts = sum(float(v) for k, v in rows.items() if k not in ("whole process (wall)", "outside training"))
-    assert abs(parts - float(rows["whole process (wall)"])) < 0.02  # the parts add up to the wall
+    assert abs(parts - float(rows["whole process (wall)"])) <= 0.005 * len(rows)  # they add up (each printed rounded)
     assert float(re.search(r"^  validation speed \(float32 forward passes\)\s+(\d+\.\d) GFLOP/s$", done.stdout,
                            flags=re.M).group(1)) > 0  # fmt: skip
     floor = re.search(r"^start-up floor: .* (\d+\.\d\d) s = [\d.]+% of imports \+ training", done.stdout, flags=re.M)
