@@ -49,6 +49,25 @@ def _raised_by_hydras_command_line(ex: BaseException) -> bool:
     return type(ex) is ValueError and HYDRA_FLAG_ERROR.search(str(ex)) is not None
 
 
+# A config file setting a key that the group option chosen beside it lacks, e.g. `optimizer=sgd model=best`
+# with a winner found with AdamW (Hydra reports it as text, without the OmegaConf error as its cause).
+FILE_KEY_ERROR = re.compile(r"In '([^']+)': ConfigKeyError raised while composing config:\s*"
+                            r"Key '[^']+' not in '(\w+)'\s*full_key: (\S+)")  # fmt: skip
+
+
+def _key_from_a_file(source: str, schema: str, key: str) -> str:
+    from mlp import config
+
+    group = key.split(".")[0]
+    accepted = _accepted_keys(getattr(config, schema, None))
+    hint = (
+        f" ({source} is a winner file: it selects its own {group}; leave {group}=... out)"
+        if source.startswith("model/best")
+        else ""
+    )
+    return f"{key}: set by {source}, but the chosen {group} ({schema}) has no such key{hint}{accepted}"
+
+
 def one_line(ex: BaseException) -> str | None:
     """The message for an error a user can fix, or None for anything else (a bug)."""
     import yaml
@@ -70,6 +89,8 @@ def one_line(ex: BaseException) -> str | None:
         if isinstance(cause, ConfigKeyError | ConfigAttributeError):
             msg += _accepted_keys(getattr(cause, "object_type", None))
         return f"{key}: {msg}" if key else msg
+    if isinstance(ex, HydraException) and (bad := FILE_KEY_ERROR.search(str(ex))):
+        return _key_from_a_file(*bad.groups())
     if isinstance(ex, HydraException):
         text = re.sub(r"\s*Config search path:.*", "", str(ex), flags=re.S)
         return re.sub(r"\s*\n\s*", " ", text).strip()

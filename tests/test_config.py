@@ -83,6 +83,20 @@ def test_unknown_keys_and_wrong_types_fail_at_composition(override: str, expecte
         assert "accepted keys:" in message
 
 
+def test_a_group_chosen_against_the_winner_file_names_the_key_and_the_way_out(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()  # a winner found with AdamW, as a sweep writes it
+    (tmp_path / "model" / "best_adamw.yaml").write_text(
+        "# @package _global_\ndefaults:\n- override /optimizer: adamw\noptimizer:\n  betas: [0.9, 0.99]\n"
+    )
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_cfg(["optimizer=sgd", "model=best_adamw", f"hydra.searchpath=[file://{tmp_path}]"])
+    assert one_line(info.value) == (
+        "optimizer.betas: set by model/best_adamw, but the chosen optimizer (SGDConfig) has no such key "
+        "(model/best_adamw is a winner file: it selects its own optimizer; leave optimizer=... out); "
+        "accepted keys: _target_, lr, weight_decay, fused, momentum, nesterov"
+    )
+
+
 def test_invalid_yaml_in_a_config_file_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "broken.yaml").write_text("model:\n  num_layers: [1\n")
