@@ -2,7 +2,7 @@
 into training (the epochs' own seconds) and everything else, part by part, from what the run
 logs to MLflow (``train_seconds`` and ``time/*_seconds``).
 
-    python benchmarks/run_parts.py                     # the default run (about a minute on 2 cores)
+    python benchmarks/run_parts.py                     # the default run (20-40 s on 2 cores)
     python benchmarks/run_parts.py --repeat 3          # three runs in one store, each printed, then the median share
     python benchmarks/run_parts.py trainer.precision=fp32            # float32 epochs (default: bf16 where the CPU can)
     python benchmarks/run_parts.py data=synthetic trainer.epochs=2   # a smoke run, seconds
