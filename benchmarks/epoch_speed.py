@@ -27,9 +27,8 @@ from hydra import compose, initialize_config_dir
 
 import mlp.config
 from mlp import data, training
-from mlp.experiment import pick_device
+from mlp.experiment import cpu_model, pick_device
 from mlp.model import MLP
-from mlp.tracking import cpu_model
 
 
 def matmul_peak(sizes: tuple[int, ...], seconds: float) -> float:

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mlp import data, images, registry  # noqa: E402
-from mlp.tracking import cpu_model  # noqa: E402
+from mlp.experiment import cpu_model  # noqa: E402
 
 
 def photo_accuracy(recognizer: registry.Recognizer, x: np.ndarray, y: np.ndarray, uneven: bool) -> tuple[float, float]:

@@ -34,7 +34,7 @@ import optuna  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from sweep_scale import progress, run_workers, study_runs, sweep_command, table  # noqa: E402
 
-from mlp.tracking import cpu_model  # noqa: E402
+from mlp.experiment import cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGET = float(OmegaConf.load(ROOT / "conf/hydra/sweeper/optuna.yaml").timeout)

@@ -41,9 +41,9 @@ import optuna
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
+from mlp.experiment import cpu_model
 from mlp.search_space import SearchSpace
 from mlp.sweeps import trial_runs
-from mlp.tracking import cpu_model
 from mlp.trial import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent

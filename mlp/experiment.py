@@ -7,8 +7,10 @@ in-process; it returns the run's metrics and where it was logged.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import platform
 import re
 import sys
 import time
@@ -76,6 +78,21 @@ def pick_device(name: str, slot: int | None = None, cuda_count: int | None = Non
     return device
 
 
+@functools.cache
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process ("" where there is none)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (timings are only comparable on one kind of machine)."""
+    found = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), flags=re.M)
+    return found.group(1).strip() if found else platform.processor() or "unknown CPU"
+
+
 def native_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
     """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or an x86
     CPU with AVX512-BF16 or AMX (elsewhere bf16 autocast is emulated and slower than float32)."""
@@ -83,12 +100,7 @@ def native_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
         return torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
-    if cpu_flags is None:
-        try:
-            cpu_flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = set(re.findall(r"[a-z0-9_]+", cpu_flags))
+    flags = set(re.findall(r"[a-z0-9_]+", _cpuinfo() if cpu_flags is None else cpu_flags))
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
@@ -176,6 +188,7 @@ def run(cfg: DictConfig) -> RunResult:
     link = TrialLink.open(cfg.sweep.storage, cfg.sweep.study, cfg.sweep.trial)  # None unless pruning
     name, tags = _name_and_tags(cfg, str(device))
     tags["precision"] = precision  # what trainer.precision (auto) resolved to on this machine
+    tags["cpu"] = cpu_model()  # which machine gave the run's time/* figures
     sizes = (len(splits.train_x), len(splits.val_x), len(splits.test_x))
     log.info("%s on %s (%s): %d train / %d val / %d test images", name, device, precision, *sizes)
 

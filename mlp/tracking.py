@@ -129,21 +129,11 @@ def _git_commit() -> tuple[str, bool] | None:
     return commit.stdout.strip(), bool(status.stdout.strip())
 
 
-def cpu_model() -> str:
-    """The CPU's model name (timings are only comparable on one kind of machine)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def run_tags(overrides: list[str], device: str, seed: int) -> dict[str, str]:
-    """What it takes to rebuild a run: overrides, code version, package versions, device, CPU, seed."""
+    """What it takes to rebuild a run: overrides, code version, package versions, device, seed."""
     tags = {
         "hydra.overrides": " ".join(overrides),
         "device": device,
-        "cpu": cpu_model(),
         "seed": str(seed),
         "versions.python": platform.python_version(),
     }

@@ -21,7 +21,7 @@ from tests.conftest import CONF, Sweep
 THRESHOLD = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01}  # prunes at every step: acc < 1.01
 # Any Optuna pruner, from the command line: a new _target_ and its arguments (new keys: +).
 ALWAYS_PRUNE = (
-    "hydra/sweeper/pruner=none",  # the default (percentile) pruner's keys would not fit ThresholdPruner
+    "hydra/sweeper/pruner=none",  # NopPruner has no keys of its own; another pruner's would not fit ThresholdPruner
     "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
     "+hydra.sweeper.pruner.lower=1.01",
 )
