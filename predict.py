@@ -8,8 +8,9 @@
 Any size, colour or grey, dark ink on light paper or the reverse, a photo with uneven light:
 each picture becomes a 28x28 image the way MNIST's were made (mlp/images.py). The champion
 comes from `python train.py model=best`. A file that cannot be read (not an image, truncated,
-blank, too large) gets one line saying why; the others are still read; the exit status is 1
-if any file failed. Tracking store: $MLFLOW_TRACKING_URI, else this project's mlruns/mlflow.db.
+blank, too large, not a regular file) gets one line saying why; the others are still read; the
+exit status is 1 if any file failed, 2 for a setup error (no model, a --save-input folder that
+cannot be written). Tracking store: $MLFLOW_TRACKING_URI, else this project's mlruns/mlflow.db.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlp.errors import UserError, closed_pipe_quietly
+from mlp.errors import UserError, check_writable_folder, closed_pipe_quietly
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from mlp import images, registry
 
     try:
+        if args.save_input:  # before any image is read: a folder that cannot be written is said at once
+            check_writable_folder("--save-input", args.save_input)
         recognizer = registry.Recognizer(args.model or registry.DEFAULT_URI)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -54,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {first} ({probs[first]:.1%}), runner-up {second} ({probs[second]:.1%})")
         if args.save_input:
             out = Path(args.save_input) / f"{Path(name).name}.28x28.png"
-            out.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pixels).save(out)
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels).save(out)
+            except OSError as e:  # e.g. the disk filled up meanwhile
+                print(f"{name}: error: cannot save {out}: {e.strerror or e}", file=sys.stderr)
+                failed += 1
     if failed:
         print(f"{failed} of {len(args.images)} file(s) could not be read", file=sys.stderr)
     return 1 if failed else 0

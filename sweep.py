@@ -4,15 +4,19 @@
     python sweep.py leaderboard                       # top 10 trials of the default study (mnist-mlp)
     python sweep.py leaderboard --all                 # ...with seconds, epochs run and MLflow run ids
     python sweep.py leaderboard wide --top 25         # another study
-    python sweep.py export                            # best trial of mnist-mlp -> conf/model/best.yaml
+    python sweep.py export                            # best trial of mnist-mlp -> conf/model/best.yaml, if better
     python sweep.py export --trial 7 --out /tmp/t7.yaml   # a chosen trial, elsewhere
+    python sweep.py export --trial 7 --replace        # ...into the winner file even if the one there scored better
     python sweep.py plots --out plots/                # Optuna's plots as PNG files
     python sweep.py plots --mlflow                    # ...logged to the study's MLflow parent run
     python sweep.py list --storage postgresql://user@host/optuna   # any Optuna storage URL
 
 Defaults (study name, storage) come from conf/hydra/sweeper/optuna.yaml, as the sweep's do.
 Trial metrics beyond validation accuracy (test accuracy, seconds, run ids) come from MLflow:
-MLFLOW_TRACKING_URI, else the SQLite store under mlruns/.
+MLFLOW_TRACKING_URI, else the SQLite store under mlruns/. These commands only read: they never
+create a storage, a table or an MLflow store. export replaces a winner file only with a better
+trial (or with --replace), and keeps the version it replaces in the study's MLflow parent run
+(artifacts, previous/), as a sweep does.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from omegaconf import OmegaConf
 from mlp.config import PROJECT_ROOT
 from mlp.errors import UserError, closed_pipe_quietly
 from mlp.filelock import sqlite_file
-from mlp.sweeps import state_counts, winner_file
+from mlp.sweeps import STUDY_NAME, STUDY_NAME_RULE, state_counts, winner_file
+from mlp.trial import check_storage, engine_kwargs
 
 
 def defaults() -> tuple[str, str, str]:
@@ -39,37 +44,56 @@ def defaults() -> tuple[str, str, str]:
     return sweeper.study_name, sweeper.storage, sweeper.best_config
 
 
-def open_storage(url: str) -> str:
-    if (path := sqlite_file(url)) is not None and not path.exists():
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study storage at ``url``, opened to read: a database that is missing, empty or another
+    application's is one line, and nothing is created in it."""
+    if not check_storage(url, key="--storage"):
         raise UserError(f"no study storage at {url}: run a sweep first (python train.py -m hydra/sweeper=optuna)")
     try:
-        optuna.get_all_study_names(storage=url)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_table_creation=True)
     except Exception as e:  # noqa: BLE001 - any storage failure is the user's URL or server
         raise UserError(f"cannot open study storage {url}: {str(e).splitlines()[0]}") from e
-    return url
 
 
-def load_study(name: str, storage: str) -> optuna.Study:
+def load_study(name: str, url: str) -> optuna.Study:
+    storage = open_storage(url)
     names = optuna.get_all_study_names(storage=storage)
     if name not in names:
-        raise UserError(f"no study {name!r} in {storage}; studies there: {', '.join(sorted(names)) or 'none'}")
+        raise UserError(f"no study {name!r} in {url}; studies there: {', '.join(sorted(names)) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def mlflow_client():
+def tracking_uri() -> str:
+    from mlp import tracking
+
+    tracking_cfg = OmegaConf.create({"uri": None, "dir": str(PROJECT_ROOT / "mlruns"), "experiment": "mnist-mlp"})
+    return tracking.tracking_uri(tracking_cfg)
+
+
+def mlflow_client(need: str | None = None):
+    """The MLflow client of the tracking store, checked first (a server that does not answer, a
+    file of something else); None when the store does not exist (it is not created), or a
+    UserError when ``need`` (what it is needed for) says it must be there."""
     from mlflow.tracking import MlflowClient
 
     from mlp import tracking
 
-    tracking_cfg = OmegaConf.create({"uri": None, "dir": str(PROJECT_ROOT / "mlruns"), "experiment": "mnist-mlp"})
-    return MlflowClient(tracking.tracking_uri(tracking_cfg))
+    uri = tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        tracking.check_server(uri)
+    elif (path := sqlite_file(uri)) is not None and not path.is_file():
+        if need:
+            raise UserError(f"no MLflow tracking store at {uri}: {need} (set MLFLOW_TRACKING_URI to the sweep's store)")
+        return None
+    tracking.check_sqlite_store(uri)
+    return MlflowClient(uri)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
     storage = open_storage(args.storage)
     summaries = optuna.get_all_study_summaries(storage=storage)
     if not summaries:
-        print(f"no studies in {storage}")
+        print(f"no studies in {args.storage}")
     for summary in summaries:
         counts = state_counts(optuna.load_study(study_name=summary.study_name, storage=storage))
         best = f"{summary.best_trial.value:.4f} (trial {summary.best_trial.number})" if summary.best_trial else "-"
@@ -90,17 +114,22 @@ def short_name(key: str) -> str:
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from mlp.sweeps import leaderboard, markdown_table, trial_runs
 
-    study = load_study(args.study, open_storage(args.storage))
-    rows = leaderboard(study, trial_runs(mlflow_client(), study))[: args.top]
+    study = load_study(args.study, args.storage)
+    client = mlflow_client()
+    if client is None:
+        print(f"(no MLflow tracking store at {tracking_uri()}: validation accuracy only)", file=sys.stderr)
+    rows = leaderboard(study, trial_runs(client, study) if client else {})[: args.top]
     if not args.all:  # what fits a terminal: the scores and the searched values, under their short names
         rows = [{short_name(k): v for k, v in row.items() if k not in WIDE_COLUMNS} for row in rows]
     print(markdown_table(rows), end="")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from mlp.sweeps import best_values, trial_config, trial_runs, winner_yaml, write_atomic
+    from mlp.sweeps import update_winner
 
-    study = load_study(args.study, open_storage(args.storage))
+    if args.out is None and STUDY_NAME.fullmatch(args.study) is None:
+        raise UserError(f"study {args.study!r} has no winner file of its own (a name is {STUDY_NAME_RULE}): give --out")
+    study = load_study(args.study, args.storage)
     complete = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))}
     if not complete:
         raise UserError(f"study {args.study!r} has no complete trial to export")
@@ -113,15 +142,15 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise UserError(f"study {args.study!r} has no trial {args.trial} (trials 0 to {max(numbers)})")
     else:
         raise UserError(f"trial {args.trial} of {args.study!r} is not complete; complete trials: {sorted(complete)}")
-    client = mlflow_client()
-    run = trial_runs(client, study).get(trial.number)
-    values = best_values(trial_config(client, run, trial), run.data.tags if run else None)
     out = Path(args.out or winner_file(str(PROJECT_ROOT / "conf"), args.study))
-    try:
-        write_atomic(out, winner_yaml(args.study, trial, values, run.info.run_id, out))
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e} (--out takes a file path in a writable folder)") from e
-    print(f"wrote {out}: trial {trial.number}, validation accuracy {trial.value:.4f}")
+    client = mlflow_client(need=f"trial {trial.number}'s config.yaml is in its MLflow run")
+    parent = study.user_attrs.get("mlflow_parent_run_id")
+    existed = out.exists()
+    if not update_winner(study, trial, client, parent, out, replace=args.replace, flag="--replace"):
+        print(f"{out} already holds trial {trial.number} of study {args.study}")
+        return
+    kept = f"; the version it replaced is artifact previous/{out.name} of MLflow run {parent}" if existed else ""
+    print(f"wrote {out}: trial {trial.number}, validation accuracy {trial.value:.4f}{kept}")
 
 
 def cmd_plots(args: argparse.Namespace) -> None:
@@ -129,10 +158,10 @@ def cmd_plots(args: argparse.Namespace) -> None:
 
     from mlp.sweeps import SAVE, optuna_figures
 
-    study = load_study(args.study, open_storage(args.storage))
+    study = load_study(args.study, args.storage)
     if not args.out and not args.mlflow:
         raise UserError("plots: give --out DIR, --mlflow, or both")
-    client = mlflow_client() if args.mlflow else None
+    client = mlflow_client(need="the study's parent run is there") if args.mlflow else None
     parent = study.user_attrs.get("mlflow_parent_run_id") if client is not None else None
     if client is not None and parent is None:
         raise UserError(f"study {args.study!r} has no MLflow parent run recorded")
@@ -171,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("study", nargs="?", default=study, help=f"study name (default: {study})")
     export.add_argument("--trial", type=int, help="trial number (default: the best)")
     export.add_argument("--out", help=f"file to write (default: the study's winner file, {best} for {study})")
+    export.add_argument(
+        "--replace", action="store_true", help="replace a winner file even if the trial it holds scored better"
+    )
     export.set_defaults(func=cmd_export)
     plots = add("plots", "Optuna's plots, to files and/or to MLflow")
     plots.add_argument("study", nargs="?", default=study, help=f"study name (default: {study})")

@@ -7,6 +7,7 @@ before any data is loaded. Defaults live in the YAML files, next to their commen
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -17,8 +18,8 @@ from pathlib import Path
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from mlp.errors import ConfigError
-from mlp.model import ACTIVATIONS
+from mlp.errors import ConfigError, UserError, accepted_keys
+from mlp.model import ACTIVATIONS, parameter_count
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("model", "optimizer", "schedule", "data", "trainer")  # the config groups of one run
@@ -186,20 +187,50 @@ def _check(cfg: DictConfig, key: str, ok: bool, accepted: str) -> None:
         raise ConfigError(key, OmegaConf.select(cfg, key), accepted)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError naming the first key whose value is out of range."""
-    from mlp.data import pool_size
+def _check_keys(node: DictConfig, prefix: str = "") -> None:
+    """Hydra's ``+key=value`` adds a key even to a typed group (it lifts the struct flag), and
+    nothing would read it: ``+trainer.epoch=5`` (a typo) would train the default epochs."""
+    schema = OmegaConf.get_type(node)
+    if not dataclasses.is_dataclass(schema):
+        return
+    known = {f.name for f in dataclasses.fields(schema)}
+    for key, child in node.items_ex(resolve=False):
+        if not prefix and key == "hydra":  # Hydra's own node (a config composed with it): Hydra checks it
+            continue
+        if key not in known:
+            raise UserError(
+                f"{prefix}{key}: Key {key!r} not in {schema.__name__!r} (added with +, it would be ignored)"
+                f"{accepted_keys(schema)}"
+            )
+        if OmegaConf.is_dict(child):
+            _check_keys(child, f"{prefix}{key}.")
 
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key whose value is out of range; then check that the
+    run fits in memory and that its tracking folder can be written."""
+    from mlp.data import pool_size
+    from mlp.tracking import check_local_store
+
+    _check_keys(cfg)
     m, o, t, d = cfg.model, cfg.optimizer, cfg.trainer, cfg.data
     _check(cfg, "model.num_layers", m.num_layers >= 1, "an integer >= 1")
     _check(cfg, "model.layer_size", m.layer_size >= 1, "an integer >= 1")
     _check(cfg, "model.dropout", 0 <= m.dropout < 1, "a probability in [0, 1)")
     _check(cfg, "optimizer.lr", 0 < o.lr < math.inf, "a finite number > 0")
-    _check(cfg, "optimizer.weight_decay", o.weight_decay >= 0, "a number >= 0")
+    _check(cfg, "optimizer.weight_decay", 0 <= o.weight_decay < math.inf, "a finite number >= 0")
+    if "betas" in o:
+        _check(
+            cfg,
+            "optimizer.betas",
+            len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas),
+            "two numbers in [0, 1), e.g. [0.9, 0.999]",
+        )
     if "warmup" in cfg.schedule:
         _check(cfg, "schedule.warmup", 0 < cfg.schedule.warmup < 1, "a fraction in (0, 1)")
     if "momentum" in o:
         _check(cfg, "optimizer.momentum", 0 <= o.momentum < 1, "a number in [0, 1)")
+        _check(cfg, "optimizer.nesterov", not (o.nesterov and o.momentum == 0), "false when optimizer.momentum=0")
     _check(cfg, "trainer.epochs", t.epochs >= 1, "an integer >= 1")
     _check(cfg, "trainer.seed", 0 <= t.seed < 2**63, "an integer from 0 to 2**63 - 1")
     _check(cfg, "trainer.batch_size", t.batch_size >= 1, "an integer >= 1")
@@ -234,3 +265,61 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "data.max_rotation", 0 <= d.max_rotation <= 45, "degrees from 0 (off) to 45")
     _check(cfg, "data.max_scale", 0 <= d.max_scale < 0.5, "a fraction from 0 (off) to below 0.5")
     _check(cfg, "data.val_size", 1 <= d.val_size < pool, f"an integer from 1 to {pool - 1} ({pool} training images)")
+    _check_memory(cfg, pool)
+    check_local_store(cfg.tracking)
+
+
+def _machine_memory(device: str) -> tuple[int, str] | None:
+    """(bytes, what they are) of the memory a run on ``device`` lives in: the GPU's on CUDA (the
+    smallest GPU's for auto), else RAM; None where unknown."""
+    import torch
+
+    if torch.cuda.is_available() and (device == "auto" or device.startswith("cuda")):
+        count = torch.cuda.device_count()
+        indices = range(count) if device == "auto" else [int(device[5:] or 0)]
+        if max(indices) >= count:
+            return None  # a GPU the machine lacks: pick_device reports it
+        return min(torch.cuda.get_device_properties(i).total_memory for i in indices), "GPU memory"
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "RAM"
+    except (ValueError, OSError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _check_memory(cfg: DictConfig, pool: int) -> None:
+    """Sizes that cannot fit are one line before anything is allocated (not an allocation error
+    minutes later). The estimates are lower bounds, so a run that fits is never refused."""
+    m, o, t, d = cfg.model, cfg.optimizer, cfg.trainer, cfg.data
+    states = 2 if "betas" in o else int(o.get("momentum", 0) > 0)  # AdamW's two moments, SGD's momentum
+    num_test = d.get("num_test", 10_000)
+    parts = {  # what holds memory at once: keys that set its size, bytes, description
+        "model": (
+            f"model.num_layers={m.num_layers} model.layer_size={m.layer_size}",
+            parameter_count(m.num_layers, m.layer_size) * 4 * (2 + states),
+            "weights with their gradients and optimizer state",
+        ),
+        "batch": (
+            f"trainer.batch_size={t.batch_size}",
+            min(t.batch_size, pool - d.val_size) * m.layer_size * (m.num_layers - 1) * 4,
+            "a batch's activations",
+        ),
+        "data": (
+            f"data.num_train={pool} data.num_test={num_test}" if "num_test" in d else "data",
+            (pool + num_test) * 28 * 28 * 5,
+            "images as uint8 and float32",
+        ),
+    }
+    need = sum(size for _, size, _ in parts.values())
+    memory = _machine_memory(t.device)
+    if memory is None or need <= memory[0]:
+        return
+    keys, _, _ = max(parts.values(), key=lambda part: part[1])
+    detail = ", ".join(f"{what} {_gb(size)}" for _, size, what in parts.values())
+    raise UserError(
+        f"{keys} is not accepted: the run needs at least {_gb(need)} ({detail}), more than this machine's "
+        f"{_gb(memory[0])} of {memory[1]}; expected smaller sizes"
+    )

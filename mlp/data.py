@@ -44,6 +44,13 @@ MNIST_MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
+# Their sizes in bytes: a file of another size is refused before its md5 is read.
+MNIST_BYTES = {
+    "train-images-idx3-ubyte": 47_040_016,
+    "train-labels-idx1-ubyte": 60_008,
+    "t10k-images-idx3-ubyte": 7_840_016,
+    "t10k-labels-idx1-ubyte": 10_008,
+}
 MNIST_TRAIN_SIZE = 60_000
 MEAN, STD = 0.1307, 0.3081  # of the official training pixels, scaled to [0, 1]
 
@@ -72,8 +79,16 @@ def _check_present(raw: Path, md5s: dict[str, str]) -> list[str]:
     missing = []
     for name, expected in md5s.items():
         path = raw / name
+        size = MNIST_BYTES[name] if expected == MNIST_MD5.get(name) else None  # tests use files of their own
         if not path.exists():
             missing.append(name)
+        elif not path.is_file():  # reading a FIFO or /dev/zero would never end
+            raise DataError(f"{path} is not a regular file (a folder, FIFO or device?); put the official file there")
+        elif size is not None and path.stat().st_size != size:
+            raise DataError(
+                f"{path} is corrupt ({path.stat().st_size} bytes, expected {size}); "
+                "delete it and run again to fetch it anew"
+            )
         elif (actual := file_md5(path)) != expected:
             raise DataError(
                 f"{path} is corrupt (md5 {actual}, expected {expected}); delete it and run again to fetch it anew"

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import logging
 import os
 import re
 import signal
+import sqlite3
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 
@@ -29,7 +34,7 @@ class DivergedError(UserError):
     pass
 
 
-def _accepted_keys(object_type: Any) -> str:
+def accepted_keys(object_type: Any) -> str:
     if dataclasses.is_dataclass(object_type):
         return "; accepted keys: " + ", ".join(f.name for f in dataclasses.fields(object_type))
     return ""
@@ -59,13 +64,59 @@ def _key_from_a_file(source: str, schema: str, key: str) -> str:
     from mlp import config
 
     group = key.split(".")[0]
-    accepted = _accepted_keys(getattr(config, schema, None))
+    accepted = accepted_keys(getattr(config, schema, None))
     hint = (
         f" ({source} is a winner file: it selects its own {group}; leave {group}=... out)"
         if source.startswith("model/best")
         else ""
     )
     return f"{key}: set by {source}, but the chosen {group} ({schema}) has no such key{hint}{accepted}"
+
+
+def check_writable_folder(key: str, folder: str | Path) -> None:
+    """``folder`` (made later) can be made and written: the nearest part of it that exists is a
+    folder we can write in. Probed with a temporary file, so nothing is left behind."""
+    folder = Path(folder).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(key, str(folder), f"a writable folder ({existing} is a file)")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as e:
+        raise ConfigError(key, str(folder), f"a writable folder (cannot write in {existing}: {e.strerror})") from e
+
+
+NO_SPACE = {errno.ENOSPC: "ENOSPC", errno.EFBIG: "EFBIG", errno.EDQUOT: "EDQUOT"}  # full disk, file size limit, quota
+
+
+def _chain(ex: BaseException) -> list[BaseException]:
+    """``ex`` and every exception it came from or was raised while handling."""
+    found: list[BaseException] = []
+    todo = [ex]
+    while todo:
+        if (e := todo.pop()) is not None and all(e is not f for f in found):
+            found.append(e)
+            todo += [e.__context__, e.__cause__]
+    return found
+
+
+def out_of_space(ex: BaseException) -> tuple[str | None, str] | None:
+    """(the file being written where known, why) when ``ex`` comes from a full disk (or a file
+    size limit or quota), be it a file's write or SQLite's; else None."""
+    files = [e for e in _chain(ex) if isinstance(e, OSError) and e.errno in NO_SPACE]
+    # A failed write of a file is often followed by failed writes to the database (MLflow
+    # recording the failure): the file is what filled the disk.
+    for e in sorted(files, key=lambda e: e.filename is None):
+        # A copy names (source, destination): the destination is what could not be written.
+        return e.filename2 or e.filename, f"{e.strerror}, {NO_SPACE[e.errno]}"
+    for e in _chain(ex):
+        if isinstance(e, sqlite3.Error) and getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return None, str(e)
+    return None
+
+
+def no_space_line(path: str | None, why: str) -> str:
+    return f"no space left ({why}) while writing {path or 'a file'}: free space or point tracking.dir elsewhere"
 
 
 def one_line(ex: BaseException) -> str | None:
@@ -76,6 +127,13 @@ def one_line(ex: BaseException) -> str | None:
 
     if isinstance(ex, UserError):
         return str(ex)
+    if (full := out_of_space(ex)) is not None:
+        return no_space_line(*full)
+    if isinstance(ex, OSError) and ex.filename is not None:  # e.g. Hydra making hydra.run.dir in a file or /proc
+        return (
+            f"cannot use {ex.filename}: {ex.strerror} (an output folder must be a folder you can write in: "
+            "check hydra.run.dir, hydra.sweep.dir and tracking.dir)"
+        )
     if isinstance(ex, yaml.YAMLError):  # a config file that is not YAML (Hydra lets the parser's error through)
         mark = getattr(ex, "problem_mark", None)
         where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
@@ -87,7 +145,7 @@ def one_line(ex: BaseException) -> str | None:
         key = getattr(cause, "full_key", None)
         msg = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
         if isinstance(cause, ConfigKeyError | ConfigAttributeError):
-            msg += _accepted_keys(getattr(cause, "object_type", None))
+            msg += accepted_keys(getattr(cause, "object_type", None))
         return f"{key}: {msg}" if key else msg
     if isinstance(ex, HydraException) and (bad := FILE_KEY_ERROR.search(str(ex))):
         return _key_from_a_file(*bad.groups())
@@ -147,6 +205,9 @@ def run_cli(main: Callable[[], Any]) -> None:
         main()
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # A log line that cannot be written (stdout closed by `| head`) is dropped, not a
+    # "--- Logging error ---" traceback per line; closed_pipe_quietly ends the program.
+    logging.raiseExceptions = False
     try:
         with closed_pipe_quietly():
             main()

@@ -40,10 +40,12 @@ class RunResult:
     tracking_uri: str
     metrics: dict[str, float] = field(default_factory=dict)
     registered: registry.Registered | None = None
+    not_registered: str = ""  # why a winner file's model was not registered by default
 
     def summary(self) -> str:
         command, link = tracking.ui_hint(self.tracking_uri, self.experiment_id, self.run_id)
-        registered = f"{self.registered.summary()}\n" if self.registered else ""
+        registered = self.registered.summary() if self.registered else self.not_registered
+        registered = f"{registered}\n" if registered else ""
         return (
             f"validation accuracy {self.val_acc:.2%}   test accuracy {self.test_acc:.2%}\n"
             f"MLflow run {self.run_id}\n"
@@ -228,7 +230,8 @@ def run(cfg: DictConfig) -> RunResult:
         experiment_id=active.info.experiment_id,
         tracking_uri=tracking.tracking_uri(cfg.tracking),
         metrics={**last, **final},
-        registered=registered,
+        registered=None if isinstance(registered, str) else registered,
+        not_registered=registered if isinstance(registered, str) else "",
     )
 
 
@@ -314,17 +317,25 @@ def _config_folders() -> list[str]:
 
 def _register(
     cfg: DictConfig, model_uri: str | None, run_id: str, val_acc: float, test_acc: float
-) -> registry.Registered | None:
+) -> registry.Registered | str | None:
     """Register the model when ``tracking.register`` says so (null: when the model group is a
-    winner file, as in ``python train.py model=best``); the version's tags name its run and the
-    study and trial it reproduces."""
+    winner file, as in ``python train.py model=best``, and the data is MNIST's canonical split);
+    the version's tags name its run, what it was trained on, and the study and trial it
+    reproduces. A str says why a winner's model was not registered."""
     origin = registry.winner_origin(_choices(), _config_folders())
+    trained_on = registry.TrainedOn.of(cfg.data)
+    if cfg.tracking.register is None and origin is not None and not trained_on.canonical:
+        return (
+            f"not registered: this winner was trained on {trained_on}, and only models trained on "
+            f"{registry.canonical_split()} are registered by default (tracking.register=true registers it "
+            f"without making it {registry.CHAMPION})"
+        )
     wanted = cfg.tracking.register if cfg.tracking.register is not None else origin is not None
     if not wanted or model_uri is None:
         return None
     tags = {"test_acc": repr(test_acc), **(origin or {})}
     if cfg.sweep.study is not None:  # a sweep trial that logs its model
         tags.update(study=cfg.sweep.study, trial=str(cfg.sweep.trial))
-    registered = registry.register(model_uri, cfg.tracking.registered_model, run_id, val_acc, tags)
+    registered = registry.register(model_uri, cfg.tracking.registered_model, run_id, val_acc, tags, trained_on)
     log.debug("%s", registered.summary())  # train.py prints it in the summary
     return registered

@@ -20,6 +20,7 @@ predict.py, the web app (mlp/serve.py) and benchmarks/recognizer.py all call ``l
 from __future__ import annotations
 
 import io
+import stat
 import warnings
 from pathlib import Path
 
@@ -34,6 +35,7 @@ MAX_BYTES = 20 * 2**20  # larger files are refused before decoding
 WORK_SIDE = 256  # longest side the search for ink works at, in pixels
 GROUND_SIDE = 64  # longest side of the copy the ground (paper, light) is estimated on
 MIN_CONTRAST = 40  # ink must stand this far (of 255) above the ground somewhere, or the image is blank
+WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow's modes of grey deeper than 8 bits
 SPECK = 0.08  # pieces of ink smaller than this fraction of the largest piece are noise
 
 
@@ -70,15 +72,24 @@ def open_image(source: str | Path | bytes) -> Image.Image:
     return img
 
 
+NOT_A_FILE = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a device",
+              stat.S_IFBLK: "a device", stat.S_IFSOCK: "a socket"}  # fmt: skip
+
+
 def _read(path: Path) -> bytes:
+    """The file's bytes; anything but a regular file is refused from its stat, before it is opened
+    (reading a FIFO waits for a writer, /dev/zero never ends)."""
     try:
-        if path.stat().st_size > MAX_BYTES:
-            raise ImageError(f"too large: {path.stat().st_size / 2**20:.1f} MiB (limit {MAX_BYTES // 2**20} MiB)")
-        return path.read_bytes()
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            kind = NOT_A_FILE.get(stat.S_IFMT(info.st_mode), "not a regular file")
+            raise ImageError(f"{kind}, not an image file")
+        if info.st_size > MAX_BYTES:
+            raise ImageError(f"too large: {info.st_size / 2**20:.1f} MiB (limit {MAX_BYTES // 2**20} MiB)")
+        with path.open("rb") as f:
+            return f.read(MAX_BYTES + 1)  # a file growing meanwhile is still caught by open_image's size check
     except FileNotFoundError:
         raise ImageError("no such file") from None
-    except IsADirectoryError:
-        raise ImageError("a directory, not an image file") from None
     except OSError as e:
         raise ImageError(f"cannot read it ({e.strerror or e})") from None
 
@@ -88,6 +99,8 @@ def grey(img: Image.Image) -> np.ndarray:
     (a drawing of dark strokes on nothing) unless that leaves nothing to see, then the opacity
     itself is the ink (light strokes on nothing)."""
     img = ImageOps.exif_transpose(img)
+    if img.mode in WIDE_GREY:  # Pillow's convert("L") would clip everything above 255 to white
+        return by_range(np.asarray(img, dtype=np.float64))
     if img.mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode == "RGBA":
@@ -99,6 +112,17 @@ def grey(img: Image.Image) -> np.ndarray:
             return np.asarray(alpha, dtype=np.float32)
         return levels
     return np.asarray(img.convert("L"), dtype=np.float32)
+
+
+def by_range(values: np.ndarray) -> np.ndarray:
+    """Grey levels of any depth (16-bit, 32-bit integer, float) scaled to 0-255 by their real range:
+    a 16-bit scan, a 12-bit camera's or a float image in [0, 1] all become 8-bit grey."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.zeros(values.shape, np.float32)
+    low, high = values[finite].min(), values[finite].max()
+    scaled = (np.where(finite, values, low) - low) * (255 / (high - low) if high > low else 0.0)
+    return scaled.astype(np.float32)
 
 
 def _shrink(levels: np.ndarray, side: int) -> np.ndarray:

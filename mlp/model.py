@@ -50,6 +50,12 @@ class MLP(nn.Sequential):
         return sum(2 * m.in_features * m.out_features for m in self if isinstance(m, nn.Linear))
 
 
+def parameter_count(num_layers: int, layer_size: int, in_features: int = IN_FEATURES) -> int:
+    """Weights and biases of ``MLP(num_layers, layer_size)``, counted without building it."""
+    widths = [in_features] + [layer_size] * (num_layers - 1) + [NUM_CLASSES]
+    return sum((a + 1) * b for a, b in zip(widths, widths[1:], strict=False))
+
+
 def describe(num_layers: int, layer_size: int, activation: str) -> str:
     """A short name for runs, e.g. ``mlp-4x512-leaky_relu``."""
     return f"mlp-{num_layers}x{layer_size}-{activation}"

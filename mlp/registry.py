@@ -1,13 +1,16 @@
 """The Model Registry: a run's model registered under a name, the alias ``champion`` on the
 best version, and the recognizer loaded back from ``models:/<name>@champion`` (or any URI).
 
-The alias moves to a new version only if its validation accuracy is at least the current
-champion's, so ``models:/mnist-mlp@champion`` is always the best model registered so far.
+Only models trained on MNIST's canonical split (data=mnist with conf/data/mnist.yaml's
+val_size and split_seed) are scored on the same validation and test images, so only they are
+compared: the alias moves to such a model when its validation accuracy is strictly above the
+champion's. Any other model can be registered, but never becomes champion.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from dataclasses import dataclass
@@ -37,19 +40,61 @@ HOW_TO_MAKE_ONE = "train and register one with:  python train.py model=best   (o
 
 
 @dataclass(frozen=True)
+class TrainedOn:
+    """What a model was trained and scored on: the data set and its train/validation split."""
+
+    data: str
+    val_size: int
+    split_seed: int
+
+    @classmethod
+    def of(cls, data: Any) -> TrainedOn:
+        """From a run's ``data`` config, or its params/tags (``data.name``, ``data.val_size``, ``data.split_seed``)."""
+        if isinstance(data, dict):
+            return cls(str(data["data.name"]), int(data["data.val_size"]), int(data["data.split_seed"]))
+        return cls(str(data.name), int(data.val_size), int(data.split_seed))
+
+    @property
+    def canonical(self) -> bool:
+        return self == canonical_split()
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "data.name": self.data,
+            "data.val_size": str(self.val_size),
+            "data.split_seed": str(self.split_seed),
+            "champion_eligible": str(self.canonical).lower(),
+        }
+
+    def __str__(self) -> str:
+        split = f"val_size {self.val_size}, split_seed {self.split_seed}"
+        if self.canonical:
+            return f"MNIST's canonical split ({split})"
+        return f"MNIST with {split}" if self.data == "mnist" else f"data={self.data}"
+
+
+@functools.cache
+def canonical_split() -> TrainedOn:
+    """data=mnist with conf/data/mnist.yaml's own val_size and split_seed (10000, 0): the split every
+    champion was validated on, whatever a run overrides."""
+    defaults = OmegaConf.load(PROJECT_ROOT / "conf" / "data" / "mnist.yaml")
+    return TrainedOn(str(defaults.name), int(defaults.val_size), int(defaults.split_seed))
+
+
+@dataclass(frozen=True)
 class Registered:
     name: str
     version: str
     champion: bool  # whether the alias moved to this version
-    champion_version: str  # the version the alias points at afterwards
+    champion_version: str | None  # the version the alias points at afterwards (None: no champion)
+    reason: str = ""  # why the alias stayed, or what it replaced
 
     def summary(self) -> str:
         if self.champion:
-            return f"registered as {self.name} version {self.version}, now models:/{self.name}@{CHAMPION}"
-        return (
-            f"registered as {self.name} version {self.version}; "
-            f"{CHAMPION} stays version {self.champion_version} (higher validation accuracy)"
-        )
+            moved = f"registered as {self.name} version {self.version}, now models:/{self.name}@{CHAMPION}"
+            return f"{moved} ({self.reason})" if self.reason else moved
+        stays = f"{CHAMPION} stays version {self.champion_version}" if self.champion_version else f"no {CHAMPION}"
+        return f"registered as {self.name} version {self.version}; {stays}: {self.reason}"
 
 
 def _val_acc(client: MlflowClient, version: Any) -> float:
@@ -61,21 +106,54 @@ def _val_acc(client: MlflowClient, version: Any) -> float:
     return -1.0
 
 
-def register(model_uri: str, name: str, run_id: str, val_acc: float, tags: dict[str, str]) -> Registered:
-    """Register ``model_uri`` as a new version of ``name`` with ``tags`` (run, study, trial,
-    accuracies); move the alias ``champion`` to it if ``val_acc`` >= the champion's."""
+def _trained_on(client: MlflowClient, version: Any) -> TrainedOn | None:
+    """What a registered version was trained on: its tags, else (registered before they were
+    written) its run's params; None when neither says."""
+    with contextlib.suppress(KeyError, ValueError):
+        return TrainedOn.of(version.tags)
+    with contextlib.suppress(MlflowException, KeyError, ValueError):
+        return TrainedOn.of(client.get_run(version.run_id or version.tags.get("run_id", "")).data.params)
+    return None
+
+
+def _verdict(client: MlflowClient, current: Any, val_acc: float, trained_on: TrainedOn) -> tuple[bool, str]:
+    """(whether the alias moves from ``current`` to a model of ``val_acc`` trained on ``trained_on``, why)."""
+    canonical = canonical_split()
+    theirs = None if current is None else _trained_on(client, current)
+    compared = "only such models are compared"
+    if not trained_on.canonical:
+        if theirs is not None and theirs.canonical:
+            return False, f"this model was trained on {trained_on}, the champion on {canonical}; {compared}"
+        return False, f"this model was trained on {trained_on}; only models trained on {canonical} become {CHAMPION}"
+    if current is None:
+        return True, ""
+    if theirs is None or not theirs.canonical:  # a champion from before this rule: it was never comparable
+        return True, f"version {current.version}, the champion until now, was trained on {theirs or 'unrecorded data'}"
+    best = _val_acc(client, current)
+    if val_acc > best:
+        return True, f"validation accuracy {val_acc:.2%} > {best:.2%} of version {current.version}"
+    return False, f"this model's validation accuracy {val_acc:.2%} is not above its {best:.2%} on the same split"
+
+
+def register(
+    model_uri: str, name: str, run_id: str, val_acc: float, tags: dict[str, str], trained_on: TrainedOn
+) -> Registered:
+    """Register ``model_uri`` as a new version of ``name`` with ``tags`` (run, study, trial, accuracies)
+    and what it was ``trained_on``; move the alias ``champion`` to it if it was trained on MNIST's
+    canonical split and ``val_acc`` is strictly above the champion's (see the module's docstring)."""
     client = MlflowClient()
-    version_tags = {"run_id": run_id, "val_acc": repr(val_acc), **tags}
+    version_tags = {"run_id": run_id, "val_acc": repr(val_acc), **trained_on.tags(), **tags}
     version = mlflow.register_model(model_uri, name, tags=version_tags)
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:  # no champion yet
         current = None
     number = str(version.version)
-    if current is None or val_acc >= _val_acc(client, current):
+    moves, reason = _verdict(client, current, val_acc, trained_on)
+    if moves:
         client.set_registered_model_alias(name, CHAMPION, number)
-        return Registered(name, number, True, number)
-    return Registered(name, number, False, str(current.version))
+        return Registered(name, number, True, number, reason)
+    return Registered(name, number, False, None if current is None else str(current.version), reason)
 
 
 def use_tracking(uri: str | None = None) -> str:
@@ -97,13 +175,8 @@ class Recognizer:
     def __init__(self, uri: str = DEFAULT_URI, tracking_uri: str | None = None):
         self.tracking_uri = use_tracking(tracking_uri)
         self.uri = uri
-        store = sqlite_file(self.tracking_uri)
-        if store is not None and not store.exists():  # MLflow would create an empty one
-            raise NoModel(f"no tracking store at {store} yet: {HOW_TO_MAKE_ONE}")
         try:
-            self.version = _registered_version(uri)
-            if self.version is None:
-                raise NoModel(f"no model at {uri} in {self.tracking_uri}: {HOW_TO_MAKE_ONE}")
+            self.version = resolve(uri, self.tracking_uri)
             self.model = mlflow.pytorch.load_model(uri)
         except NoModel:
             raise
@@ -124,9 +197,13 @@ class Recognizer:
             return self.model(torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.uint8))).numpy()
 
 
-def _registered_version(uri: str) -> str | None:
-    """``mnist-mlp version 3`` for a models:/NAME@ALIAS or models:/NAME/VERSION URI that resolves,
-    None for one that does not; any other URI as it is (its load says whether it exists)."""
+def resolve(uri: str, tracking_uri: str) -> str:
+    """What ``uri`` names now in the store MLflow points at (``tracking_uri``): ``mnist-mlp version 3``
+    for a models:/NAME@ALIAS or models:/NAME/VERSION URI, any other URI as it is (its load says
+    whether it exists); a cheap query. NoModel when it names nothing (yet, or any more)."""
+    store = sqlite_file(tracking_uri)
+    if store is not None and not store.exists():  # MLflow would create an empty one
+        raise NoModel(f"no tracking store at {store} yet: {HOW_TO_MAKE_ONE}")
     match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
     if match is None:
         return uri
@@ -135,8 +212,12 @@ def _registered_version(uri: str) -> str | None:
         if match[2]:
             return f"{match[1]} version {client.get_model_version_by_alias(match[1], match[2]).version}"
         return f"{match[1]} version {client.get_model_version(match[1], match[3]).version}"
-    except MlflowException:
-        return None
+    except MlflowException as e:
+        # No such model or version: RESOURCE_DOES_NOT_EXIST; no such alias: INVALID_PARAMETER_VALUE.
+        # Anything else (a locked or damaged store) is no proof that the model is gone.
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+    raise NoModel(f"no model at {uri} in {tracking_uri}: {HOW_TO_MAKE_ONE}")
 
 
 def winner_origin(choices: dict[str, str], sources: list[str]) -> dict[str, str] | None:

@@ -7,26 +7,37 @@
     curl --data-binary @digit.png http://127.0.0.1:8000/predict    # the raw image as the body works too
     curl http://127.0.0.1:8000/health
 
-The model is loaded once, at start (or, if there is none yet, at the first request after
-`python train.py model=best` made one). Errors are JSON ``{"error": "..."}`` with a 4xx
-status: 400 for a file that is no picture of a digit, 413 over the body limit, 405 for a wrong
-method, 404 for an unknown path; 503 while there is no model.
+The model is loaded at start; about once a second a request re-reads which version the URI
+names, so the server loads the new champion when the alias moves, answers 503 once the model is
+deleted, and picks one up once `python train.py model=best` made it. Errors are JSON
+``{"error": "..."}`` with a 4xx status: 400 for a file that is no picture of a digit, 413 over
+the body limit, 405 for a wrong method, 404 for an unknown path; 503 while there is no model.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
+import math
+import socket
+import sys
 import threading
+import time
 from importlib import resources
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from mlp import images, registry
-from mlp.errors import UserError
+from mlp.errors import UserError, first_line
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = images.MAX_BYTES + 64 * 1024  # one image file and its multipart wrapping
 
@@ -38,24 +49,43 @@ class RequestError(Exception):
 
 
 class Champion:
-    """The model, loaded once; while there is none, each request tries again (one at a time)."""
+    """The model behind a URI, kept in step with the registry: at most once per ``recheck`` seconds a
+    request re-resolves the URI (one cheap query) and the model is reloaded when the alias points at
+    another version, dropped (503) when it is gone, loaded once there is one again."""
 
-    def __init__(self, uri: str, tracking_uri: str | None):
-        self.uri, self.tracking_uri = uri, tracking_uri
+    def __init__(self, uri: str, tracking_uri: str | None, recheck: float = 1.0):
+        self.uri, self.tracking_uri, self.recheck = uri, registry.use_tracking(tracking_uri), recheck
         self.recognizer: registry.Recognizer | None = None
         self.problem = ""
+        self.checked = -math.inf  # time.monotonic() of the last look at the registry
         self.lock = threading.Lock()
         self.get()
 
     def get(self) -> registry.Recognizer | None:
-        if self.recognizer is None:
-            with self.lock:
-                if self.recognizer is None:
-                    try:
-                        self.recognizer = registry.Recognizer(self.uri, self.tracking_uri)
-                    except UserError as e:
-                        self.problem = str(e)
+        if time.monotonic() - self.checked < self.recheck:
+            return self.recognizer
+        # While another request reloads, the others go on with the model they have (none: they wait).
+        if not self.lock.acquire(blocking=self.recognizer is None):
+            return self.recognizer
+        try:
+            if time.monotonic() - self.checked >= self.recheck:
+                self.refresh()
+                self.checked = time.monotonic()
+        finally:
+            self.lock.release()
         return self.recognizer
+
+    def refresh(self) -> None:
+        """Look at the registry now: load, reload or drop the model as the URI says."""
+        try:
+            if self.recognizer is not None and registry.resolve(self.uri, self.tracking_uri) == self.recognizer.version:
+                return
+            self.recognizer = registry.Recognizer(self.uri, self.tracking_uri)
+        except registry.NoModel as e:  # gone, or not there yet
+            self.recognizer, self.problem = None, str(e)
+        except Exception as e:  # noqa: BLE001 - a busy or damaged store: keep serving the model loaded, if any
+            log.warning("cannot check the registry for %s: %s", self.uri, first_line(e))
+            self.problem = self.problem or f"cannot check the registry for {self.uri}: {first_line(e)}"
 
 
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
@@ -64,11 +94,14 @@ async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body too large: {int(declared):,} bytes (limit {limit:,})")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"request body too large: over {limit:,} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"request body too large: over {limit:,} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody is left to answer; not a bug worth a traceback in the log
+        raise RequestError(400, f"the client went away after {size:,} bytes of the body") from None
     return b"".join(chunks)
 
 
@@ -123,9 +156,7 @@ def create_app(model_uri: str = registry.DEFAULT_URI, tracking_uri: str | None =
             return JSONResponse({"status": "no model", "error": champion.problem}, status_code=503)
         return JSONResponse({"status": "ok", "model": recognizer.uri, "version": recognizer.version})
 
-    @app.post("/predict")
-    async def predict(request: Request) -> JSONResponse:
-        data = await image_bytes(request)
+    def recognize(data: bytes) -> dict[str, Any]:
         if (recognizer := champion.get()) is None:
             raise RequestError(503, champion.problem)
         try:
@@ -133,20 +164,50 @@ def create_app(model_uri: str = registry.DEFAULT_URI, tracking_uri: str | None =
         except UserError as e:
             raise RequestError(413 if str(e).startswith("too large") else 400, str(e)) from None
         probs = recognizer.predict(pixels[None])[0]
-        return JSONResponse(
-            {"digit": int(np.argmax(probs)), "probabilities": [float(p) for p in probs], "image": pixels.tolist()}
-        )
+        return {"digit": int(np.argmax(probs)), "probabilities": [float(p) for p in probs], "image": pixels.tolist()}
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        data = await image_bytes(request)
+        # Decoding a large picture takes a while: in a worker thread, so /health and other requests go on.
+        return JSONResponse(await run_in_threadpool(recognize, data))
 
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
+def port_number(text: str) -> int:
+    if not (text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not accepted: expected a port number from 1 to 65535")
+    return int(text)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host``:``port``, made before the model loads so that a port in use or an
+    unknown host is said at once, in one line."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a just-closed port is free
+        sock.bind(address)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is in use (another server?): choose another with --port") from None
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e} (check --host and --port)") from None
+    return sock
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The digit recognizer as a local web app.", epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--model", default=registry.DEFAULT_URI, help="model URI (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default: %(default)s)")
+    parser.add_argument("--port", type=port_number, default=8000, help="port, 1-65535 (default: %(default)s)")
     args = parser.parse_args(argv)
+    try:
+        sock = listen(args.host, args.port)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
     import torch
     import uvicorn
@@ -154,8 +215,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)  # one small image at a time: more threads only add hand-over time
     app = create_app(args.model)
     print(f"digit recognizer: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

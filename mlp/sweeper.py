@@ -47,7 +47,8 @@ from mlp.config import GROUPS
 from mlp.errors import ConfigError, UserError, first_line
 from mlp.filelock import sqlite_file
 from mlp.search_space import SearchSpace
-from mlp.trial import make_pruner, open_storage
+from mlp.sweeps import check_study_name
+from mlp.trial import STORAGE_CHOICES, check_storage, make_pruner, open_storage
 
 log = logging.getLogger(__name__)
 # Heartbeats, their stale-trial callback and fail_stale_trials are "experimental" in Optuna 5
@@ -56,7 +57,6 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 # Keys that say where or how fast a trial runs, not what it trains: workers may differ in them.
 RUNTIME_KEYS = ("trainer.device", "trainer.threads", "trainer.progress", "data.root")
-STORAGE_CHOICES = "an Optuna RDB storage URL, e.g. sqlite:////abs/path/optuna.db or postgresql://user@host:5432/db"
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 MAX_DUPLICATE_ASKS = 20  # proposals of configurations the study already has, before it counts as exhausted
 
@@ -137,6 +137,49 @@ def check_search_space(config: DictConfig, keys: list[str]) -> None:
 
 _MISSING = object()
 
+# Launchers that run trials on this machine: more trials at a time than cores would only queue
+# (joblib with hundreds of workers hangs); a cluster's launcher (SLURM) is not bound by them.
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
+
+
+def trials_at_a_time(value: Any, key: str, local: bool) -> int:
+    """n_jobs as a count of trials (joblib's convention: -1 every core, -2 all but one, ...)."""
+    cores = os.cpu_count() or 1
+    count = (value if value > 0 else cores + 1 + value) if isinstance(value, int) and value != 0 else 0
+    if count < 1 or (local and count > cores):
+        limit = f"1 to {cores} (this machine's cores)" if local else "an integer >= 1"
+        raise ConfigError(key, value, f"{limit}, or -1 to -{cores} (-1: one trial per core, -2: all but one, ...)")
+    return count
+
+
+def check_settings(config: DictConfig) -> int:
+    """Every sweeper setting in range, before anything is written; returns the trials at a time."""
+    s = config.hydra.sweeper
+
+    def check(name: str, ok: bool, accepted: str) -> None:
+        if not ok:
+            raise ConfigError(f"hydra.sweeper.{name}", s[name], accepted)
+
+    check_study_name(s.study_name)
+    check("n_trials", s.n_trials >= 1, "an integer >= 1: how many trials this worker runs")
+    check("timeout", s.timeout is None or s.timeout > 0, "seconds > 0, or null (no time limit: n_trials decides)")
+    finite = math.isfinite(s.heartbeat_interval) and math.isfinite(s.grace_period)
+    check("heartbeat_interval", finite and s.heartbeat_interval > 0, "a number of seconds > 0")
+    check(
+        "grace_period",
+        s.grace_period > s.heartbeat_interval,
+        f"a number of seconds > heartbeat_interval ({s.heartbeat_interval}): a trial is dead after missing beats",
+    )
+    check("max_failure_rate", 0 <= s.max_failure_rate <= 1, "a fraction from 0 (stop at the first failure) to 1")
+    check("max_retry", s.max_retry >= 0, "an integer >= 0: how often a dead worker's trial runs again")
+    if s.best_config is not None and (problem := sweeps.winner_path_problem(Path(s.best_config))) is not None:
+        check("best_config", False, f"a file path in a writable folder, or null for no winner file ({problem})")
+    launcher = config.hydra.get("launcher") or {}
+    local = str(launcher.get("_target_", "")).rsplit(".", 1)[-1] in LOCAL_LAUNCHERS
+    if "n_jobs" in launcher:
+        trials_at_a_time(launcher.n_jobs, "hydra.launcher.n_jobs", local)
+    return trials_at_a_time(s.n_jobs, "hydra.sweeper.n_jobs", local)
+
 
 class Heartbeat:
     """Records Optuna's heartbeat for the trials this worker has in flight, every ``interval`` s."""
@@ -201,14 +244,17 @@ class StudySweep:
     def __init__(self, config: DictConfig, launcher: Any, arguments: list[str]):
         s = config.hydra.sweeper
         self.config, self.launcher, self.settings = config, launcher, s
-        self.study_name: str = s.study_name or "mnist-mlp"
-        self.n_trials, self.n_jobs = int(s.n_trials), max(1, int(s.n_jobs))
+        self.n_jobs = check_settings(config)
+        self.study_name: str = s.study_name
+        self.n_trials = int(s.n_trials)
         params = [f"{k}={v}" for k, v in (s.params or {}).items()]
         self.space = SearchSpace.parse(params + list(arguments))
         check_search_space(config, list(self.space.distributions) + [f.split("=", 1)[0] for f in self.space.fixed])
         spec = s.get("pruner")
         self.pruner_spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
         self.pruning = make_pruner(self.pruner_spec) is not None
+        if self.pruning and s.storage is None:
+            raise ConfigError("hydra.sweeper.storage", None, "a storage URL when pruning (trials open it)")
         directions = list(s.direction) if OmegaConf.is_list(s.direction) else [s.direction]
         directions = [getattr(d, "name", d) for d in directions]
         if len(directions) != 1:
@@ -231,12 +277,12 @@ class StudySweep:
     def open(self) -> None:
         """Check the tracking store and the storage, then create or join the study."""
         cfg = self.config
+        url = self.settings.storage
+        if url is not None:
+            check_storage(str(url))  # another application's database is left as it is, and no tracking store made
         self.uri, self.experiment_id = tracking.use_experiment(cfg.tracking)
         self.client = MlflowClient(self.uri)
-        url = self.settings.storage
         if url is None:
-            if self.pruning:
-                raise ConfigError("hydra.sweeper.storage", None, "a storage URL when pruning (trials open it)")
             self.storage: Any = optuna.storages.InMemoryStorage()
             self.rdb = None
         else:
@@ -489,6 +535,20 @@ class StudySweep:
 
     # -- the worker's life ---------------------------------------------------------------
 
+    def end_parent(self, status: str) -> None:
+        """End the study's parent run with ``status`` unless a trial of the study still runs or
+        waits (another worker's: that worker ends it)."""
+        try:
+            busy = self.count(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+        except Exception as e:  # noqa: BLE001 - the storage is gone: the parent must not stay RUNNING
+            log.warning("the study's trials could not be counted (%s): its parent run ends %s", first_line(e), status)
+            busy = 0
+        if not busy:
+            try:
+                self.client.set_terminated(self.parent_id, status)
+            except Exception as e:  # noqa: BLE001 - the tracking store is gone: say so, keep the error under way
+                log.warning("MLflow parent run %s not ended %s: %s", self.parent_id, status, first_line(e))
+
     def run(self) -> None:
         self.open()
         status = "FAILED"
@@ -542,19 +602,30 @@ class StudySweep:
             time.sleep(min(self.heartbeat_interval, 2.0))
 
     def finish(self, status: str) -> None:
-        """Report to the parent run, update the winner file, end the parent if the study is idle."""
+        """Report to the parent run, update the winner file, end the parent if the study is idle:
+        KILLED when interrupted (here too), FAILED when the sweep or this step failed."""
         study, client = self.study, self.client
         try:
-            sweeps.report(study, client, self.parent_id)
-        except Exception as e:  # noqa: BLE001 - a report that cannot be drawn must not lose the winner below
-            log.warning("the study's report (leaderboard, plots) was not logged: %s", first_line(e))
-        best = sweeps.best_trial(study)
-        if best is not None and self.settings.best_config:
-            replace = bool(self.settings.replace_winner)
-            sweeps.update_winner(study, best, client, self.parent_id, self.settings.best_config, replace)
-        busy = self.count(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-        if not busy:
-            client.set_terminated(self.parent_id, status)
+            try:
+                sweeps.report(study, client, self.parent_id)
+            except Exception as e:  # noqa: BLE001 - a report that cannot be drawn must not lose the winner below
+                log.warning("the study's report (leaderboard, plots) was not logged: %s", first_line(e))
+            best = sweeps.best_trial(study)
+            if best is not None and self.settings.best_config:
+                replace = bool(self.settings.replace_winner)
+                try:
+                    sweeps.update_winner(study, best, client, self.parent_id, self.settings.best_config, replace)
+                except sweeps.WinnerKept as kept:
+                    log.warning("%s", kept)
+                    client.set_tag(self.parent_id, "winner.kept", kept.tag)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException:
+            status = "FAILED" if status == "FINISHED" else status
+            raise
+        finally:
+            self.end_parent(status)
         if status == "FINISHED" and best is None:
             states = [t.state.name for t in study.get_trials(deepcopy=False)]
             raise UserError(

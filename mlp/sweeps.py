@@ -20,13 +20,25 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mlp import tracking
-from mlp.errors import UserError
+from mlp.errors import ConfigError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1}  # leaderboard order; then FAIL
 SAVE = {"bbox_inches": "tight"}  # Optuna's figures: grow the canvas to hold every label
 WINNER_LINE = re.compile(r"^# winner: study=(?P<study>\S+) trial=(?P<trial>\d+) value=(?P<value>\S+)", re.M)
+# A study name is also a file name (best_<study>.yaml), a Hydra override value and an MLflow tag:
+# letters, digits, '_' and '-' only, so that distinct names never share a winner file.
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+STUDY_NAME_RULE = "1 to 64 letters, digits, '_' or '-', starting with a letter or digit (e.g. mnist-mlp)"
+RUN_ID_CHUNK = 100  # run ids per MLflow search: a filter string of bounded length
+
+
+def check_study_name(name: Any, key: str = "hydra.sweeper.study_name") -> str:
+    """The study name, or ConfigError naming ``key`` and the rule."""
+    if not isinstance(name, str) or STUDY_NAME.fullmatch(name) is None:
+        raise ConfigError(key, name, STUDY_NAME_RULE)
+    return name
 
 
 def state_counts(study: optuna.Study) -> dict[str, int]:
@@ -52,12 +64,12 @@ def trial_runs(client: MlflowClient, study: optuna.Study) -> dict[int, Any]:
         if "mlflow_run_id" in t.user_attrs
     }
     runs: dict[int, Any] = {}
-    for experiment in client.search_experiments():
-        for run in client.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.`sweep.study` = '{study.study_name}'", max_results=50_000
-        ):
-            if run.info.run_id in wanted:
-                runs[wanted[run.info.run_id]] = run
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    ids = sorted(i for i in wanted if re.fullmatch(r"[0-9a-f]{32}", i))  # MLflow's run ids; nothing else is quoted
+    for start in range(0, len(ids) if experiments else 0, RUN_ID_CHUNK):
+        chunk = ", ".join(f"'{i}'" for i in ids[start : start + RUN_ID_CHUNK])
+        for run in client.search_runs(experiments, filter_string=f"attributes.run_id IN ({chunk})", max_results=50_000):
+            runs[wanted[run.info.run_id]] = run
     return runs
 
 
@@ -237,16 +249,16 @@ def trial_config(client: MlflowClient, run: Any | None, trial: optuna.trial.Froz
 
 def best_values(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
     """What model=best sets: the group options the trial used (``defaults: - override
-    /optimizer: sgd``, so a winner found with any optimizer reproduces), and the values of the
-    model, optimizer, schedule and trainer sections and of the split."""
+    /optimizer: sgd``, ``- override /data: synthetic``, so a winner found with any optimizer or
+    data reproduces), and the values of the model, optimizer, schedule, trainer and data
+    sections (data.root, where the files lie, excepted)."""
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    data = resolved["data"]
-    chosen = {g: (choices or {}).get(f"hydra.choice.{g}") for g in ("optimizer", "schedule")}
+    chosen = {g: (choices or {}).get(f"hydra.choice.{g}") for g in ("optimizer", "schedule", "data")}
     values: dict[str, Any] = {"defaults": [{f"override /{g}": c} for g, c in chosen.items() if c]}
     values.update({g: {k: v for k, v in resolved[g].items() if k != "_target_"} for g in ("optimizer", "schedule")})
     trainer = {k: v for k, v in resolved["trainer"].items() if k != "val_every"}  # the sweep's speed-up, not the recipe
     values.update(model=resolved["model"], trainer=trainer)
-    values["data"] = {k: data[k] for k in ("val_size", "split_seed", "max_shift", "max_rotation", "max_scale")}
+    values["data"] = {k: v for k, v in resolved["data"].items() if k != "root"}
     if not values["defaults"]:
         del values["defaults"]
     return values
@@ -293,6 +305,8 @@ def write_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the name: a crash leaves the old file, not an empty one
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
@@ -301,44 +315,91 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+class WinnerKept(UserError):
+    """A winner file that records a better trial than the one offered: kept as it is."""
+
+    def __init__(
+        self, path: Path, recorded: tuple[str, int, float], trial: optuna.trial.FrozenTrial, study: str, flag: str
+    ):
+        self.path, (self.study, self.number, self.value) = path, recorded
+        super().__init__(
+            f"{path} is kept: it holds trial {self.number} of study {self.study}, which scored {self.value:.4f}; "
+            f"trial {trial.number} of study {study} scored {trial.value:.4f}, no better ({flag} replaces it)"
+        )
+
+    @property
+    def tag(self) -> str:
+        return f"{self.path.name}: {self.value:.4f} (study {self.study}, trial {self.number})"
+
+
+def winner_path_problem(path: Path) -> str | None:
+    """Why a winner file cannot be written at ``path`` (a folder, under a file, an unwritable
+    folder), or None."""
+    if path.is_dir():
+        return "it is a folder"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is not writable"
+    return None
+
+
 def update_winner(
     study: optuna.Study,
-    best: optuna.trial.FrozenTrial,
+    trial: optuna.trial.FrozenTrial,
     client: MlflowClient,
-    parent_id: str,
+    parent_id: str | None,
     path: str | Path,
     replace: bool = False,
+    flag: str = "hydra.sweeper.replace_winner=true",
 ) -> bool:
-    """Write the study's winner file if its best trial is not the one the file already holds
-    and scores better than the one it holds (or ``replace``); the file it replaces goes to the
-    parent run's artifacts (``previous/``). A better file kept is said in one line and in the
-    parent's tags."""
+    """Write ``trial`` of ``study`` to the winner file at ``path``, the rule of a sweep and of
+    ``sweep.py export`` alike: False when the file already holds that trial; WinnerKept when it
+    records a trial that scored at least as well (for the study's direction), unless ``replace``
+    (``flag`` says how to ask for that); the file it replaces goes to the parent run's artifacts
+    (``previous/``) first, and the new one is written atomically."""
     path = Path(path)
+    if (problem := winner_path_problem(path)) is not None:
+        raise UserError(f"cannot write {path}: {problem} (a winner file needs a file path in a writable folder)")
     recorded = winner_record(path)
-    if recorded is not None and recorded[:2] == (study.study_name, best.number):
+    if recorded is not None and recorded[:2] == (study.study_name, trial.number):
         return False
-    better = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    if recorded is not None and not replace and (recorded[2] >= best.value if better else recorded[2] <= best.value):
-        study_name, number, value = recorded
-        log.warning(
-            "kept %s: its trial %d of study %s scored %.4f, this study's best (trial %d) %.4f; "
-            "hydra.sweeper.replace_winner=true replaces it",
-            path, number, study_name, value, best.number, best.value,
-        )  # fmt: skip
-        client.set_tag(parent_id, "winner.kept", f"{path.name}: {value:.4f} (study {study_name}, trial {number})")
-        return False
+    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    if recorded is not None and not replace and (recorded[2] >= trial.value if higher else recorded[2] <= trial.value):
+        raise WinnerKept(path, recorded, trial, study.study_name, flag)
     runs = trial_runs(client, study)
-    run = runs.get(best.number)
-    values = best_values(trial_config(client, run, best), run.data.tags if run else None)
+    run = runs.get(trial.number)
+    values = best_values(trial_config(client, run, trial), run.data.tags if run else None)
     if path.exists():
-        client.log_artifact(parent_id, str(path), artifact_path="previous")
-    write_atomic(path, winner_yaml(study.study_name, best, values, runs[best.number].info.run_id, path))
-    log.info("wrote %s: trial %d, validation accuracy %.4f", path, best.number, best.value)
+        if parent_id is None:
+            raise UserError(
+                f"{path} is not replaced: study {study.study_name!r} has no MLflow parent run to keep its "
+                "current version in (move the file away first, or write elsewhere)"
+            )
+        try:
+            client.log_artifact(parent_id, str(path), artifact_path="previous")
+        except Exception as e:  # noqa: BLE001 - a parent run deleted or out of reach: keep the file rather than lose it
+            raise UserError(
+                f"{path} is not replaced: its current version could not be kept in MLflow run {parent_id} "
+                f"({first_line(e)})"
+            ) from e
+    try:
+        write_atomic(path, winner_yaml(study.study_name, trial, values, run.info.run_id, path))
+    except OSError as e:
+        raise UserError(
+            f"cannot write {path}: {e.strerror or e} (a winner file needs a file path in a writable folder)"
+        ) from e
+    log.info("wrote %s: trial %d, validation accuracy %.4f", path, trial.number, trial.value)
     return True
 
 
 def winner_file(conf_dir: str, study_name: str, default_study: str = "mnist-mlp") -> str:
-    """A study's winner file: conf/model/best.yaml for the default study, else best_<study>.yaml."""
+    """A study's winner file: conf/model/best.yaml for the default study, else best_<study>.yaml,
+    the name as it is, so distinct studies never share a file. (Names are checked where they come
+    in, with check_study_name: the sweeper's settings, sweep.py export.)"""
     if study_name == default_study:
         return str(Path(conf_dir) / "model" / "best.yaml")
-    return str(Path(conf_dir) / "model" / f"best_{re.sub(r'[^A-Za-z0-9_-]', '_', study_name)}.yaml")
+    return str(Path(conf_dir) / "model" / f"best_{study_name}.yaml")

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from mlp.config import PROJECT_ROOT
-from mlp.errors import UserError, first_line
+from mlp.errors import UserError, check_writable_folder, first_line, no_space_line, out_of_space
 from mlp.filelock import sqlite_creation_lock, sqlite_file
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,18 @@ def tracking_uri(tracking: DictConfig) -> str:
     return f"sqlite:///{Path(tracking.dir).resolve() / 'mlflow.db'}"
 
 
+def _default_store(tracking: DictConfig) -> bool:
+    return not tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def check_local_store(tracking: DictConfig) -> None:
+    """Before a run starts: ``tracking.dir`` can be written (default store) and a SQLite store
+    is MLflow's and whole. Reads only: a refused store is left as it was."""
+    if _default_store(tracking):
+        check_writable_folder("tracking.dir", tracking.dir)
+    check_sqlite_store(tracking_uri(tracking))
+
+
 def use_experiment(tracking: DictConfig) -> tuple[str, str]:
     """Point MLflow at the configured store and experiment; return (uri, experiment id).
 
@@ -48,13 +60,16 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
     uri = tracking_uri(tracking)
     if uri.startswith(("http://", "https://")):
         check_server(uri)
-    default_store = not tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI")
+    default_store = _default_store(tracking)
+    check_local_store(tracking)
     if default_store:
         Path(tracking.dir).mkdir(parents=True, exist_ok=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)  # schema migrations of a new DB
+    # MLflow logs each failed database write with its traceback, then raises it: what we do
+    # with the error (one line, or the traceback of a bug) is decided where it arrives.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     mlflow.set_tracking_uri(uri)
     location = (Path(tracking.dir).resolve() / "artifacts").as_uri() if default_store else None
-    check_sqlite_store(uri)
     try:
         with sqlite_creation_lock(uri):  # the first access creates (migrates) a new store
             experiment = mlflow.get_experiment_by_name(tracking.experiment)
@@ -63,11 +78,17 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
                     return uri, mlflow.create_experiment(tracking.experiment, artifact_location=location)
                 except mlflow.exceptions.MlflowException:  # another worker created it first (a server)
                     experiment = mlflow.get_experiment_by_name(tracking.experiment)
-            return uri, experiment.experiment_id
     except Exception as e:  # noqa: BLE001 - MLflow's and SQLAlchemy's errors alike
         raise UserError(
             f"MLflow tracking at {uri} is not usable: {first_line(e)} (set tracking.uri or MLFLOW_TRACKING_URI)"
         ) from e
+    if experiment.lifecycle_stage == "deleted":  # MLflow keeps a deleted experiment's name until `mlflow gc`
+        raise UserError(
+            f"tracking.experiment={tracking.experiment!r} is deleted in MLflow ({uri}): restore it with "
+            f"`MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id {experiment.experiment_id}` "
+            "or choose another name with tracking.experiment=..."
+        )
+    return uri, experiment.experiment_id
 
 
 def check_sqlite_store(uri: str) -> None:
@@ -79,8 +100,16 @@ def check_sqlite_store(uri: str) -> None:
     try:
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            # SQLite's own check of every page (without matching indexes to rows: milliseconds on
+            # a store of hundreds of runs); MLflow would write into a damaged file and spread the damage.
+            problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
     except sqlite3.DatabaseError as e:
-        raise UserError(f"MLflow tracking at {uri} is not usable: {e} (a damaged file? move it away)") from e
+        tables, problems = set(), [str(e)]
+    if problems != ["ok"]:
+        raise UserError(
+            f"MLflow tracking at {uri} is not usable: {path} fails SQLite's integrity check ({problems[0]}); "
+            "move it away (or repair it with sqlite3's .recover) and point tracking.dir elsewhere meanwhile"
+        )
     if tables and "experiments" not in tables:
         raise UserError(
             f"MLflow tracking at {uri} is not usable: {path} is a SQLite database of something else "
@@ -155,22 +184,58 @@ def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], run_id: str 
     SIGTERM), it ends KILLED.
     """
     _, experiment_id = use_experiment(cfg.tracking)
-    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
-        if run_id is not None:
-            mlflow.set_tags(tags)
-        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-        # A single run's sweep.* keys are all null: not params worth a column.
-        mlflow.log_params({k: v for k, v in flatten(resolved).items() if not (k.startswith("sweep.") and v is None)})
-        mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-        try:
-            yield run
-        except KeyboardInterrupt:
-            mlflow.set_tag("failure_reason", "interrupted (Ctrl-C or SIGTERM)")
-            mlflow.end_run("KILLED")
+    started: list[str] = []
+    try:
+        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
+            started.append(run.info.run_id)
+            if run_id is not None:
+                mlflow.set_tags(tags)
+            resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+            # A single run's sweep.* keys are all null: not params worth a column.
+            params = {k: v for k, v in flatten(resolved).items() if not (k.startswith("sweep.") and v is None)}
+            mlflow.log_params(params)
+            mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
+            try:
+                yield run
+            except KeyboardInterrupt:
+                mlflow.set_tag("failure_reason", "interrupted (Ctrl-C or SIGTERM)")
+                mlflow.end_run("KILLED")
+                raise
+            except Exception as e:
+                _remove_half_written(e, cfg.tracking)
+                with contextlib.suppress(Exception):  # a full disk may refuse the tag; the run still ends FAILED
+                    mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}"[:5000])
+                raise
+    except Exception as e:
+        if (full := out_of_space(e)) is None:
             raise
-        except Exception as e:
-            mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}"[:5000])
-            raise
+        path, why = full
+        raise UserError(
+            f"{no_space_line(path or sqlite_file(tracking_uri(cfg.tracking)), why)}; {_end_failed(started)}"
+        ) from e
+
+
+def _remove_half_written(ex: BaseException, tracking: DictConfig) -> None:
+    """An artifact of this run that a full disk cut short is removed: no half-written file stays
+    behind, and the space it took lets MLflow record that the run FAILED."""
+    full = out_of_space(ex)
+    if full is None or full[0] is None:
+        return
+    path = Path(full[0]).resolve()
+    if path.is_relative_to(Path(tracking.dir).resolve() / "artifacts") and path.is_file():
+        path.unlink()
+
+
+def _end_failed(started: list[str]) -> str:
+    """End the run FAILED where MLflow's own attempt failed (a full disk); say how it ended."""
+    if not started:
+        return "no MLflow run was started"
+    client = mlflow.MlflowClient()
+    with contextlib.suppress(Exception):
+        if client.get_run(started[0]).info.status == "RUNNING":
+            client.set_terminated(started[0], "FAILED")
+        return f"the MLflow run {started[0]} ended {client.get_run(started[0]).info.status}"
+    return f"the MLflow run {started[0]} could not be marked FAILED (it shows RUNNING)"
 
 
 def mark_pruned(epochs_run: int) -> None:

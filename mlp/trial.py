@@ -11,8 +11,10 @@ every exception from a job as an error with its traceback.) Nothing here imports
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import random
+import sqlite3
 import time
 from typing import Any
 
@@ -20,7 +22,7 @@ import optuna
 import sqlalchemy
 
 from mlp.errors import ConfigError, UserError, first_line
-from mlp.filelock import sqlite_creation_lock
+from mlp.filelock import sqlite_creation_lock, sqlite_file
 
 
 def progress_step(epoch: int, epochs: int) -> int:
@@ -29,11 +31,59 @@ def progress_step(epoch: int, epochs: int) -> int:
     return round(100 * epoch / epochs)
 
 
+CONNECT_TIMEOUT = 10  # seconds a database server may take to answer before it counts as unreachable
+
+
+def engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine arguments for a storage URL: SQLite waits for a lock (several processes
+    share the file); a PostgreSQL server that does not answer fails within seconds, not minutes."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": CONNECT_TIMEOUT}}
+    return {}
+
+
+def storage_tables(url: str) -> set[str] | None:
+    """The tables of the database at ``url``, read without creating or changing anything; None
+    when there is no database yet (a SQLite file that does not exist or is empty)."""
+    if (path := sqlite_file(url)) is not None:
+        if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+            return None
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
+    try:
+        return set(sqlalchemy.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+STORAGE_CHOICES = "an Optuna RDB storage URL, e.g. sqlite:////abs/path/optuna.db or postgresql://user@host:5432/db"
+OPTUNA_TABLES = {"studies", "version_info"}  # what every Optuna RDB storage has
+
+
+def check_storage(url: str, key: str = "hydra.sweeper.storage") -> bool:
+    """Refuse a database that holds another application's tables (Optuna would add its own to
+    it) or that cannot be read, before Optuna opens it. True when it is an Optuna storage,
+    False when there is no database or no table yet."""
+    try:
+        tables = storage_tables(url)
+    except Exception as e:  # noqa: BLE001 - a bad URL, a damaged file, a server that does not answer, a missing driver
+        raise ConfigError(key, url, f"{STORAGE_CHOICES} ({first_line(e)})") from e
+    if tables and not OPTUNA_TABLES <= tables:
+        raise UserError(
+            f"{key}: {url} holds another application's tables ({', '.join(sorted(tables)[:5])}), not an Optuna "
+            "study storage: it is left as it is; point the storage at a new or an Optuna database"
+        )
+    return bool(tables)
+
+
 def open_storage(url: str, **heartbeat: Any) -> optuna.storages.RDBStorage:
-    """Optuna's RDB storage at ``url``. SQLite waits for a lock (several processes share the
-    file), and a new database is created by one process at a time. On a server, workers that
-    start together may create the same new tables at once: the losers open it again."""
-    kwargs = {"engine_kwargs": {"connect_args": {"timeout": 60}}} if url.startswith("sqlite") else {}
+    """Optuna's RDB storage at ``url``. A new database is created by one process at a time. On a
+    server, workers that start together may create the same new tables at once: the losers open
+    it again."""
+    kwargs = {"engine_kwargs": engine_kwargs(url)}
     for attempt in range(CREATION_ATTEMPTS):
         try:
             with sqlite_creation_lock(url):

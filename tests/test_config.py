@@ -44,6 +44,13 @@ BAD_VALUES = [
     ("trainer.seed=100000000000000000000000", "trainer.seed", "0 to 2**63 - 1"),
     ("tracking.experiment=''", "tracking.experiment", "a non-empty MLflow experiment name"),
     ("trainer.val_every=0", "trainer.val_every", ">= 1"),
+    ("optimizer.weight_decay=inf", "optimizer.weight_decay", "a finite number >= 0"),
+    ("optimizer.weight_decay=nan", "optimizer.weight_decay", "a finite number >= 0"),
+    ("optimizer.lr=nan", "optimizer.lr", "a finite number > 0"),
+    ("optimizer.betas=[0.9]", "optimizer.betas", "two numbers in [0, 1)"),
+    ("optimizer.betas=[1.0,0.999]", "optimizer.betas", "two numbers in [0, 1)"),
+    ("optimizer.betas=[0.9,nan]", "optimizer.betas", "two numbers in [0, 1)"),
+    ("schedule.warmup=nan", "schedule.warmup", "(0, 1)"),
 ]
 
 
@@ -52,6 +59,12 @@ def test_bad_values_name_the_key_and_what_is_accepted(override: str, key: str, a
     with pytest.raises(ConfigError) as info:
         validate(compose_cfg([override]))
     assert key in str(info.value) and accepted in str(info.value)
+
+
+def test_nesterov_needs_momentum() -> None:
+    with pytest.raises(ConfigError, match=r"^optimizer.nesterov=True is not accepted: expected false when"):
+        validate(compose_cfg(["optimizer=sgd", "optimizer.momentum=0"]))
+    validate(compose_cfg(["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=false"]))
 
 
 def test_synthetic_val_size_is_checked_against_its_own_size() -> None:
@@ -115,6 +128,9 @@ def test_invalid_yaml_in_a_config_file_is_one_line(tmp_path: Path) -> None:
         ("model.activation=swish", "model.activation"),
         ("model.layers=3", "model.layers"),
         ("model=resnet", "model/resnet"),
+        ("+trainer.epoch=5", "trainer.epoch"),
+        ("optimizer.weight_decay=inf", "optimizer.weight_decay"),
+        ("model.layer_size=1000000", "model.layer_size"),
     ],
 )
 def test_cli_reports_bad_input_in_one_line(override: str, key: str, tmp_path: Path) -> None:

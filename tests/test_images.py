@@ -4,6 +4,7 @@ uneven light, specks, and the one-line reasons a file is refused."""
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -129,3 +130,38 @@ def test_bad_files_get_one_line_each(tmp_path) -> None:
         load_digit(tmp_path / "missing.png")
     with pytest.raises(ImageError, match="a directory"):
         load_digit(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "levels,fmt",
+    [
+        (lambda a: a.astype(np.uint16) * 257, "PNG"),  # 16-bit grey, full range
+        (lambda a: a.astype(np.uint16) * 16, "PNG"),  # a 12-bit camera's range in a 16-bit file
+        (lambda a: (a / 255).astype(np.float32), "TIFF"),  # float (mode F) in [0, 1]
+        (lambda a: a.astype(np.int32) * 100_000 - 2**30, "TIFF"),  # 32-bit integer (mode I), negative too
+    ],
+)
+def test_16_bit_and_float_images_are_scaled_by_their_range(reference: np.ndarray, levels, fmt: str) -> None:
+    """Pillow's convert("L") clips these to white (16-bit) or black (float in [0, 1]): read as blank before."""
+    img = Image.fromarray(levels(np.asarray(drawn_seven())))
+    data = encoded(img, fmt)
+    assert Image.open(io.BytesIO(data)).mode in ("I;16", "I", "F")
+    assert similar(load_digit(data), reference) > 0.95
+
+
+def test_a_flat_16_bit_image_is_still_blank() -> None:
+    with pytest.raises(ImageError, match="blank"):
+        load_digit(encoded(Image.fromarray(np.full((64, 64), 40_000, np.uint16)), "PNG"))
+
+
+def test_fifos_devices_and_directories_are_refused_before_reading(tmp_path) -> None:
+    """Reading a FIFO waits for a writer forever and /dev/zero never ends: refused from their stat."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    cases = {fifo: "a FIFO (named pipe), not an image file", tmp_path / "zero.png": "a device, not an image file",
+             tmp_path: "a directory, not an image file"}  # fmt: skip
+    for path, reason in cases.items():
+        with pytest.raises(ImageError) as caught:
+            load_digit(path)
+        assert str(caught.value) == reason

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from mlp.model import ACTIVATIONS, MLP, describe
+from mlp.model import ACTIVATIONS, MLP, describe, parameter_count
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
@@ -94,3 +94,9 @@ def test_recognizer_takes_pixels_in_every_form_and_returns_probabilities() -> No
         assert probs.dtype == torch.float32 and probs.shape == (3, 10)
         assert torch.equal(probs, expected)
     assert torch.allclose(probs.sum(dim=1), torch.ones(3))
+
+
+@pytest.mark.parametrize(("num_layers", "layer_size"), [(1, 7), (2, 32), (4, 512), (6, 100)])
+def test_parameter_count_is_the_built_models(num_layers: int, layer_size: int) -> None:
+    model = MLP(num_layers=num_layers, layer_size=layer_size)
+    assert parameter_count(num_layers, layer_size) == sum(p.numel() for p in model.parameters())

@@ -3,12 +3,14 @@ champion, bad files named with their reason, the 28x28 images saved on request."
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import ROOT, subprocess_env
@@ -54,3 +56,35 @@ def test_without_a_model_it_says_how_to_make_one(tmp_path: Path, digit_photos: l
         f"error: no tracking store at {tmp_path}/none/mlflow.db yet: "
         "train and register one with:  python train.py model=best   (or any run with tracking.register=true)"
     )
+
+
+def test_fifos_devices_and_folders_are_refused_at_once(champion: dict, digit_photos: list, tmp_path: Path) -> None:
+    """A FIFO would wait for a writer forever and /dev/zero never ends: each is refused from its stat
+    with one line, and the files around them are still read."""
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder").mkdir()
+    (first, _), (last, _) = digit_photos[0], digit_photos[-1]
+    done = predict(str(first), "pipe.png", "/dev/zero", "folder", str(last), env=champion["env"], cwd=tmp_path)
+    assert done.returncode == 1
+    assert [line.split(":")[0] for line in done.stdout.strip().splitlines()] == [str(first), str(last)]
+    assert done.stderr.strip().splitlines() == [
+        "pipe.png: error: a FIFO (named pipe), not an image file",
+        "/dev/zero: error: a device, not an image file",
+        "folder: error: a directory, not an image file",
+        "3 of 5 file(s) could not be read",
+    ]
+
+
+@pytest.mark.parametrize("where", ["a file", "/proc", "read-only"])
+def test_an_unusable_save_input_folder_is_refused_before_any_image_is_read(tmp_path: Path, where: str) -> None:
+    if where == "read-only" and os.geteuid() == 0:
+        pytest.skip("root writes in a read-only folder")
+    target = {"a file": tmp_path / "taken", "/proc": Path("/proc/seen"), "read-only": tmp_path / "ro" / "seen"}[where]
+    (tmp_path / "taken").write_text("mine")
+    (tmp_path / "ro").mkdir(mode=0o500)
+    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none/mlflow.db")  # checked before the model too
+    done = predict("missing.png", "--save-input", str(target), env=env, cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == ""
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert done.stderr.startswith(f"error: --save-input='{target}' is not accepted: expected a writable folder")
+    assert (tmp_path / "taken").read_text() == "mine"

@@ -66,7 +66,7 @@ def batch_sizes(cfg: object, trial: optuna.trial.Trial) -> None:
     trial.suggest_categorical("trainer.batch_size", [128, 256])
 
 
-def test_every_setting_of_the_official_sweeper_reaches_the_sweep() -> None:
+def test_every_setting_of_the_official_sweeper_reaches_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 
     from hydra_plugins.mlp_sweeper.sweeper import StudySweeperConf
@@ -83,6 +83,7 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep() -> None:
     ]  # fmt: skip
     with initialize_config_dir(config_dir=CONF):
         cfg = compose("config", overrides, return_hydra_config=True)
+    monkeypatch.setattr("os.cpu_count", lambda: 4)  # 4 trials at a time: at most one per core
     sweep = StudySweep(cfg, launcher=None, arguments=["optimizer.lr=choice(1e-3,3e-3)"])
     assert isinstance(sweep.sampler, PerTrialSampler) and isinstance(
         sweep.sampler.current, optuna.samplers.RandomSampler

@@ -12,8 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
 
 from mlp.config import validate
 from mlp.errors import one_line
@@ -115,6 +117,15 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
 
     (smoke,) = readme_lines(SMOKE)
     assert shell(clone, smoke).returncode == 0
+    # Its winner file selects the smoke trial's data (synthetic) and split: the rerun scores the same, to every digit.
+    rerun = shell(clone, "python train.py model=best_smoke")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    smoke_best = optuna.load_study(study_name="smoke", storage=f"sqlite:///{clone}/mlruns/optuna.db").best_value
+    client = MlflowClient(f"sqlite:///{clone}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("mnist-mlp").experiment_id])
+    (single,) = [r for r in runs if "sweep.study" not in r.data.tags]
+    assert single.data.params["data.name"] == "synthetic"
+    assert single.data.metrics["val/acc"] == smoke_best
     # the default sweep (README: `python train.py -m hydra/sweeper=optuna`) with synthetic data added, 8 short trials
     default = shell(
         clone,
@@ -127,10 +138,16 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
 
     for line in sweep_lines:
         done = shell(clone, line)
+        if line == "python sweep.py export":  # mnist-mlp's best here is a synthetic trial: the shipped winner stays
+            assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
+            kept = f"error: {clone}/conf/model/best.yaml is kept: it holds trial 14 of study tpe-1, which scored 0.9922"
+            assert done.stderr.startswith(kept)
+            assert (clone / "conf/model/best.yaml").read_text() == shipped
+            continue
         assert done.returncode == 0, f"{line}\n{done.stderr[-2000:]}"
         assert done.stdout.strip() or "plots" in line, line
     assert "smoke: 3 complete" in shell(clone, "python sweep.py list").stdout
-    exported = (clone / "conf/model/best.yaml").read_text()  # `export --trial 7` asked for trial 7 of mnist-mlp
+    exported = (clone / "t7.yaml").read_text()  # `export --trial 7 --out t7.yaml` asked for trial 7 of mnist-mlp
     assert exported.startswith("# @package _global_\n# winner: study=mnist-mlp trial=7 ")
     assert len(list((clone / "plots").glob("*.png"))) >= 4
     for line in readme_lines(FLAGS):

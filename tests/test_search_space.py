@@ -190,7 +190,8 @@ def test_a_configuration_the_study_has_is_not_run_again(tmp_path: Path) -> None:
     [
         ([], "mnist-mlp", "conf/model/best.yaml"),  # the default study owns best.yaml
         (["data=synthetic"], "synthetic-mlp", "conf/model/best_synthetic-mlp.yaml"),  # a smoke run never touches it
-        (["hydra.sweeper.study_name=wide/2"], "wide/2", "conf/model/best_wide_2.yaml"),
+        (["hydra.sweeper.study_name=wide_2"], "wide_2", "conf/model/best_wide_2.yaml"),
+        (["hydra.sweeper.study_name=wide-2"], "wide-2", "conf/model/best_wide-2.yaml"),  # another name, another file
     ],
 )
 def test_each_study_has_its_own_winner_file(overrides: list[str], study: str, winner: str) -> None:

@@ -3,14 +3,25 @@ JSON error that leaves the server running."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from mlp import images
-from tests.conftest import subprocess_env
+from mlp.experiment import run
+from tests.conftest import ROOT, subprocess_env
+from tests.test_images import drawn_seven, encoded
 from tests.web import running_app
 
 
@@ -71,3 +82,116 @@ def test_without_a_model_health_and_predict_say_how_to_make_one(tmp_path: Path, 
         response = requests.post(f"{url}/predict", data=digit_photos[0][0].read_bytes(), timeout=30)
         assert response.status_code == 503 and "python train.py model=best" in response.json()["error"]
         assert requests.get(url, timeout=30).status_code == 200  # the page itself says it (the browser test looks)
+
+
+def _until(get: Callable[[], requests.Response], done: Callable[[requests.Response], bool]) -> requests.Response:
+    """Ask again until ``done`` (the server re-reads the registry about once a second); the last answer."""
+    deadline = time.monotonic() + 20
+    while not done(response := get()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return response
+
+
+@pytest.mark.slow
+def test_a_running_server_follows_its_model_being_replaced_or_deleted(tiny_cfg, tmp_path: Path) -> None:
+    """Before, /health still said "ok, version 1" after the model was deleted."""
+    result = run(tiny_cfg("trainer.epochs=1"))
+    mlflow.set_tracking_uri(result.tracking_uri)
+    model_uri = mlflow.search_logged_models(experiment_ids=[result.experiment_id], output_format="list")[0].model_uri
+    client = MlflowClient(result.tracking_uri)
+    for _ in range(2):
+        mlflow.register_model(model_uri, "mnist-mlp")
+    client.set_registered_model_alias("mnist-mlp", "champion", "1")
+    with running_app(subprocess_env(MLFLOW_TRACKING_URI=result.tracking_uri)) as url:
+
+        def health() -> requests.Response:
+            return requests.get(f"{url}/health", timeout=30)
+
+        assert health().json()["version"] == "mnist-mlp version 1"
+        client.set_registered_model_alias("mnist-mlp", "champion", "2")
+        assert _until(health, lambda r: r.json().get("version") != "mnist-mlp version 1").json() == {
+            "status": "ok", "model": "models:/mnist-mlp@champion", "version": "mnist-mlp version 2"
+        }  # fmt: skip
+        client.delete_model_version("mnist-mlp", "2")  # the alias goes with it
+        gone = _until(health, lambda r: r.status_code != 200)
+        assert gone.status_code == 503 and gone.json()["error"].startswith(
+            f"no model at models:/mnist-mlp@champion in {result.tracking_uri}: train and register one with:"
+        )
+        predicted = requests.post(f"{url}/predict", data=encoded(drawn_seven(), "PNG"), timeout=30)
+        assert predicted.status_code == 503 and predicted.json() == {"error": gone.json()["error"]}
+        client.set_registered_model_alias("mnist-mlp", "champion", "1")  # back: served again, no restart
+        assert _until(health, lambda r: r.status_code == 200).json()["version"] == "mnist-mlp version 1"
+        client.delete_registered_model("mnist-mlp")
+        assert _until(health, lambda r: r.status_code != 200).status_code == 503
+
+
+def test_health_answers_at_once_while_a_large_image_is_read(web_app: str) -> None:
+    """Decoding a large picture (here 40 megapixels, a few MB) runs beside the event loop, not in it."""
+    side = 6300
+    levels = np.asarray(drawn_seven(side), np.int16) + np.random.default_rng(0).integers(-1, 2, (side, side))
+    big = encoded(Image.fromarray(np.clip(levels, 0, 255).astype(np.uint8)), "PNG")
+    answer: dict = {}
+
+    def post() -> None:
+        start = time.perf_counter()
+        answer["response"] = requests.post(f"{web_app}/predict", data=big, timeout=120)
+        answer["seconds"] = time.perf_counter() - start
+
+    latencies = []
+    with requests.Session() as session:
+        session.get(f"{web_app}/health", timeout=30)
+        poster = threading.Thread(target=post)
+        poster.start()
+        while poster.is_alive():
+            start = time.perf_counter()
+            assert session.get(f"{web_app}/health", timeout=30).status_code == 200
+            latencies.append(time.perf_counter() - start)
+        poster.join()
+    assert answer["response"].status_code == 200, answer["response"].text
+    assert len(latencies) >= 3 and max(latencies) < answer["seconds"] / 3, (latencies, answer["seconds"])
+
+
+@pytest.mark.slow
+def test_a_client_gone_mid_upload_leaves_no_traceback(tmp_path: Path) -> None:
+    store = tmp_path / "mlruns"
+    store.mkdir()
+    (store / "mlflow.db").touch()  # no model needed: the body is read first
+    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{store}/mlflow.db")
+    log = tmp_path / "server.log"
+    with log.open("w") as out, running_app(env, log=out) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                        b"Content-Length: 5000000\r\n\r\n" + b"\x89PNG" * 25_000)  # fmt: skip
+        time.sleep(1)  # the server sees the connection close
+        assert requests.get(f"{url}/health", timeout=30).status_code == 503  # still serving (no model here)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+PORTS = "is not accepted: expected a port number from 1 to 65535"
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--port", "99999"], f"serve.py: error: argument --port: '99999' {PORTS}"),
+        (["--port", "0"], f"serve.py: error: argument --port: '0' {PORTS}"),
+        (["--host", "no-such-host.invalid"], "error: cannot listen on no-such-host.invalid:8000: "),
+    ],
+)
+def test_a_bad_port_or_host_is_one_line(args: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "mlp.serve", *args], cwd=ROOT, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "mlp.serve", "--port", str(port)], cwd=ROOT,
+                              env=subprocess_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == f"error: port {port} on 127.0.0.1 is in use (another server?): choose another with --port\n"

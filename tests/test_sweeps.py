@@ -12,7 +12,6 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from mlflow.tracking import MlflowClient
 
 from mlp.sweeps import recorded_winner
 from tests.conftest import ROOT, Sweep, run_train, subprocess_env
@@ -232,21 +231,6 @@ def test_a_timeout_stops_starting_trials(tmp_path: Path) -> None:
     assert "timeout of 0.5 s reached" in done.stderr + done.stdout
 
 
-def test_a_winner_file_that_scored_better_is_kept(tmp_path: Path) -> None:
-    from mlp.sweeps import update_winner
-
-    path = tmp_path / "best.yaml"
-    text = "# @package _global_\n# winner: study=mnist-mlp trial=17 value=0.9903 run=abc\nmodel:\n  num_layers: 4\n"
-    path.write_text(text)
-    study = optuna.create_study(study_name="mnist-mlp", direction="maximize")
-    study.add_trial(optuna.trial.create_trial(value=0.9885, params={}, distributions={}))
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    parent = client.create_run(client.create_experiment("e")).info.run_id
-    assert not update_winner(study, study.best_trial, client, parent, path)
-    assert path.read_text() == text  # the better winner stays
-    assert client.get_run(parent).data.tags["winner.kept"] == "best.yaml: 0.9903 (study mnist-mlp, trial 17)"
-
-
 def test_a_new_study_starts_from_the_base_config_and_the_winner_file(tmp_path: Path) -> None:
     sweep = Sweep(tmp_path, study="seeded")
     sweep.best.parent.mkdir(parents=True)
@@ -271,4 +255,6 @@ def test_a_new_study_starts_from_the_base_config_and_the_winner_file(tmp_path: P
         "data.max_scale": 0.0,
     }  # fmt: skip (trainer.epochs is fixed by the command line here, so not searched)
     assert sweep.best.read_text() == recorded  # neither trial beat the 0.9999 it records: the file is kept
-    assert "kept" in done.stderr + done.stdout
+    assert f"{sweep.best} is kept: it holds trial 7 of study seeded, which scored 0.9999" in done.stderr + done.stdout
+    (parent,) = sweep.runs("parent")
+    assert parent.data.tags["winner.kept"] == "best_seeded.yaml: 0.9999 (study seeded, trial 7)"

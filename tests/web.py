@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from typing import IO
 
 import pytest
 import requests
@@ -30,11 +31,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(env: dict[str, str], *args: str) -> Iterator[str]:
-    """``python -m mlp.serve`` on a free local port; yields its URL once /health answers (with or without a model)."""
+def running_app(env: dict[str, str], *args: str, log: IO[str] | None = None) -> Iterator[str]:
+    """``python -m mlp.serve`` on a free local port; yields its URL once /health answers (with or without a model).
+    The server's output goes to ``log`` (a file open for writing) when given."""
     port = free_port()
     cmd = [sys.executable, "-m", "mlp.serve", "--port", str(port), *args]
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = log if log is not None else subprocess.PIPE
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -44,7 +47,7 @@ def running_app(env: dict[str, str], *args: str) -> Iterator[str]:
                     break
             if server.poll() is not None or time.time() > deadline:
                 server.kill()
-                pytest.fail(f"the web app did not start: {server.communicate()[0][-2000:]}")
+                pytest.fail(f"the web app did not start: {(server.communicate()[0] or '')[-2000:]}")
             time.sleep(0.2)
         yield url
     finally:
