@@ -210,7 +210,7 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value is out of range; then check that the
     run fits in memory and that its tracking folder can be written."""
     from mlp.data import pool_size
-    from mlp.tracking import check_local_store
+    from mlp.tracking import check_tracking_dir
 
     _check_keys(cfg)
     m, o, t, d = cfg.model, cfg.optimizer, cfg.trainer, cfg.data
@@ -266,7 +266,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "data.max_scale", 0 <= d.max_scale < 0.5, "a fraction from 0 (off) to below 0.5")
     _check(cfg, "data.val_size", 1 <= d.val_size < pool, f"an integer from 1 to {pool - 1} ({pool} training images)")
     _check_memory(cfg, pool)
-    check_local_store(cfg.tracking)
+    check_tracking_dir(cfg.tracking)  # the store's own checks come when the run opens it
 
 
 def _machine_memory(device: str) -> tuple[int, str] | None:

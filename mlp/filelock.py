@@ -1,4 +1,5 @@
-"""One process at a time: an exclusive lock on a file beside a SQLite database.
+"""SQLite files: their path in a URL, a read-only look inside, and one process at a time
+(an exclusive lock on a file beside the database).
 
 Workers started together on a new SQLite store would otherwise create its tables (MLflow
 migrates its schema with alembic) at the same moment and leave it half made."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,17 @@ def sqlite_file(url: str) -> Path | None:
     if not url.startswith("sqlite:///") or url == "sqlite:///:memory:":
         return None
     return Path(url.removeprefix("sqlite:///"))
+
+
+@contextlib.contextmanager
+def read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A SQLite file opened read-only: checks of someone's database never change it."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        yield db
+
+
+def table_names(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp.config import PROJECT_ROOT
 from mlp.errors import UserError, check_writable_folder, first_line, no_space_line, out_of_space
-from mlp.filelock import sqlite_creation_lock, sqlite_file
+from mlp.filelock import read_only, sqlite_creation_lock, sqlite_file, table_names
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,16 @@ def _default_store(tracking: DictConfig) -> bool:
     return not tracking.uri and not os.environ.get("MLFLOW_TRACKING_URI")
 
 
-def check_local_store(tracking: DictConfig) -> None:
-    """Before a run starts: ``tracking.dir`` can be written (default store) and a SQLite store
-    is MLflow's and whole. Reads only: a refused store is left as it was."""
+def check_tracking_dir(tracking: DictConfig) -> None:
+    """``tracking.dir`` can be written where the default store lives in it (a probe: nothing is left)."""
     if _default_store(tracking):
         check_writable_folder("tracking.dir", tracking.dir)
+
+
+def check_local_store(tracking: DictConfig) -> None:
+    """Before a run opens its store: ``tracking.dir`` can be written (default store) and a SQLite
+    store is MLflow's and whole. Reads only: a refused store is left as it was."""
+    check_tracking_dir(tracking)
     check_sqlite_store(tracking_uri(tracking))
 
 
@@ -98,8 +103,8 @@ def check_sqlite_store(uri: str) -> None:
     if path is None or not path.exists() or path.stat().st_size == 0:
         return
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        with read_only(path) as db:
+            tables = table_names(db)
             # SQLite's own check of every page (without matching indexes to rows: milliseconds on
             # a store of hundreds of runs); MLflow would write into a damaged file and spread the damage.
             problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]

@@ -11,10 +11,8 @@ every exception from a job as an error with its traceback.) Nothing here imports
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import random
-import sqlite3
 import time
 from typing import Any
 
@@ -22,7 +20,7 @@ import optuna
 import sqlalchemy
 
 from mlp.errors import ConfigError, UserError, first_line
-from mlp.filelock import sqlite_creation_lock, sqlite_file
+from mlp.filelock import read_only, sqlite_creation_lock, sqlite_file, table_names
 
 
 def progress_step(epoch: int, epochs: int) -> int:
@@ -50,8 +48,8 @@ def storage_tables(url: str) -> set[str] | None:
     if (path := sqlite_file(url)) is not None:
         if not path.exists() or (path.is_file() and path.stat().st_size == 0):
             return None
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        with read_only(path) as db:
+            return table_names(db)
     engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
     try:
         return set(sqlalchemy.inspect(engine).get_table_names())
