@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run train test ui serve serve-mlflow services services-stop bench bench-parts bench-pruning bench-scale bench-quality bench-recognizer lint clean
+.PHONY: run train test test-fast ui serve serve-mlflow services services-stop bench bench-parts bench-pruning bench-scale bench-quality bench-recognizer lint clean
 
 run: train
 
@@ -20,6 +20,10 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup $(ARGS)
+
+# The tests without the slow ones (pyproject.toml's `slow` marker: real MNIST, servers, browser, subprocesses).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow" $(ARGS)
 
 # Browse the runs: http://127.0.0.1:5000
 ui: $(STAMP)

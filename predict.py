@@ -6,7 +6,7 @@
     python predict.py digit.png --model models:/mnist-mlp/3     # another version, or runs:/<run id>/model
 
 Any size, colour or grey, dark ink on light paper or the reverse, a photo with uneven light:
-each picture becomes a 28x28 image the way MNIST's were made (mlp/images.py). The champion
+each picture becomes a 28x28 image the way MNIST's were made (mlp/serve/images.py). The champion
 comes from `python train.py model=best`. A file that cannot be read (not an image, truncated,
 blank, too large, not a regular file) gets one line saying why; the others are still read; the
 exit status is 1 if any file failed, 2 for a setup error (no model, a --save-input folder that
@@ -19,7 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlp.errors import UserError, check_writable_folder, closed_pipe_quietly
+from mlp.cli import closed_pipe_quietly
+from mlp.errors import UserError, check_writable_folder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,14 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-input", metavar="DIR", help="save the 28x28 image read, as DIR/<name>.28x28.png")
     args = parser.parse_args(argv)
 
+    # torch, MLflow and Pillow after the arguments are read: --help and a usage error answer at once.
     from PIL import Image
 
-    from mlp import images, registry
+    from mlp.serve import images
+    from mlp.serve.recognizer import DEFAULT_URI, Recognizer
 
     try:
         if args.save_input:  # before any image is read: a folder that cannot be written is said at once
             check_writable_folder("--save-input", args.save_input)
-        recognizer = registry.Recognizer(args.model or registry.DEFAULT_URI)
+        recognizer = Recognizer(args.model or DEFAULT_URI)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -26,25 +26,34 @@ import sys
 from pathlib import Path
 
 import optuna
+from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from mlp.config import PROJECT_ROOT
-from mlp.errors import UserError, closed_pipe_quietly
-from mlp.filelock import sqlite_file
-from mlp.sweeps import STUDY_NAME, STUDY_NAME_RULE, state_counts, winner_file
-from mlp.trial import check_storage, engine_kwargs
+from mlp import PROJECT_ROOT
+from mlp.cli import closed_pipe_quietly
+from mlp.errors import UserError, first_line
+from mlp.run import tracking
+from mlp.run.winner_files import STUDY_NAME, STUDY_NAME_RULE, winner_file
+from mlp.sqlite_files import sqlite_file
+from mlp.sweep import protocol
+from mlp.sweep.export import update_winner
+from mlp.sweep.report import SAVE, leaderboard, markdown_table, optuna_figures, state_counts, trial_runs
+from mlp.sweep.storage import check_storage, engine_kwargs
 
 
 def defaults() -> tuple[str, str, str]:
     """(study name, storage URL, winner file) as `python train.py -m hydra/sweeper=optuna` sets them."""
+    # Only when a default is needed: listings start without Hydra's composer and the schema (torch).
     from hydra import compose, initialize_config_dir
+
+    import mlp.run.config  # noqa: F401 - puts the config schemas in Hydra's ConfigStore
 
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
         sweeper = compose("config", ["hydra/sweeper=optuna"], return_hydra_config=True).hydra.sweeper
     return sweeper.study_name, sweeper.storage, sweeper.best_config
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def existing_storage(url: str) -> optuna.storages.RDBStorage:
     """The study storage at ``url``, opened to read: a database that is missing, empty or another
     application's is one line, and nothing is created in it."""
     if not check_storage(url, key="--storage"):
@@ -52,20 +61,18 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_table_creation=True)
     except Exception as e:  # noqa: BLE001 - any storage failure is the user's URL or server
-        raise UserError(f"cannot open study storage {url}: {str(e).splitlines()[0]}") from e
+        raise UserError(f"cannot open study storage {url}: {first_line(e)}") from e
 
 
 def load_study(name: str, url: str) -> optuna.Study:
-    storage = open_storage(url)
+    storage = existing_storage(url)
     names = optuna.get_all_study_names(storage=storage)
     if name not in names:
         raise UserError(f"no study {name!r} in {url}; studies there: {', '.join(sorted(names)) or 'none'}")
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def tracking_uri() -> str:
-    from mlp import tracking
-
+def default_tracking_uri() -> str:
     tracking_cfg = OmegaConf.create({"uri": None, "dir": str(PROJECT_ROOT / "mlruns"), "experiment": "mnist-mlp"})
     return tracking.tracking_uri(tracking_cfg)
 
@@ -74,11 +81,7 @@ def mlflow_client(need: str | None = None):
     """The MLflow client of the tracking store, checked first (a server that does not answer, a
     file of something else); None when the store does not exist (it is not created), or a
     UserError when ``need`` (what it is needed for) says it must be there."""
-    from mlflow.tracking import MlflowClient
-
-    from mlp import tracking
-
-    uri = tracking_uri()
+    uri = default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         tracking.check_server(uri)
     elif (path := sqlite_file(uri)) is not None and not path.is_file():
@@ -90,7 +93,7 @@ def mlflow_client(need: str | None = None):
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    storage = open_storage(args.storage)
+    storage = existing_storage(args.storage)
     summaries = optuna.get_all_study_summaries(storage=storage)
     if not summaries:
         print(f"no studies in {args.storage}")
@@ -112,12 +115,11 @@ def short_name(key: str) -> str:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
-    from mlp.sweeps import leaderboard, markdown_table, trial_runs
 
     study = load_study(args.study, args.storage)
     client = mlflow_client()
     if client is None:
-        print(f"(no MLflow tracking store at {tracking_uri()}: validation accuracy only)", file=sys.stderr)
+        print(f"(no MLflow tracking store at {default_tracking_uri()}: validation accuracy only)", file=sys.stderr)
     rows = leaderboard(study, trial_runs(client, study) if client else {})[: args.top]
     if not args.all:  # what fits a terminal: the scores and the searched values, under their short names
         rows = [{short_name(k): v for k, v in row.items() if k not in WIDE_COLUMNS} for row in rows]
@@ -125,7 +127,6 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from mlp.sweeps import update_winner
 
     if args.out is None and STUDY_NAME.fullmatch(args.study) is None:
         raise UserError(f"study {args.study!r} has no winner file of its own (a name is {STUDY_NAME_RULE}): give --out")
@@ -144,7 +145,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise UserError(f"trial {args.trial} of {args.study!r} is not complete; complete trials: {sorted(complete)}")
     out = Path(args.out or winner_file(str(PROJECT_ROOT / "conf"), args.study))
     client = mlflow_client(need=f"trial {trial.number}'s config.yaml is in its MLflow run")
-    parent = study.user_attrs.get("mlflow_parent_run_id")
+    parent = study.user_attrs.get(protocol.STUDY_PARENT_RUN)
     existed = out.exists()
     if not update_winner(study, trial, client, parent, out, replace=args.replace, flag="--replace"):
         print(f"{out} already holds trial {trial.number} of study {args.study}")
@@ -154,15 +155,13 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_plots(args: argparse.Namespace) -> None:
-    import matplotlib.pyplot as plt
-
-    from mlp.sweeps import SAVE, optuna_figures
+    import matplotlib.pyplot as plt  # only for this command: the others start without pyplot
 
     study = load_study(args.study, args.storage)
     if not args.out and not args.mlflow:
         raise UserError("plots: give --out DIR, --mlflow, or both")
     client = mlflow_client(need="the study's parent run is there") if args.mlflow else None
-    parent = study.user_attrs.get("mlflow_parent_run_id") if client is not None else None
+    parent = study.user_attrs.get(protocol.STUDY_PARENT_RUN) if client is not None else None
     if client is not None and parent is None:
         raise UserError(f"study {args.study!r} has no MLflow parent run recorded")
     for path, fig in optuna_figures(study).items():

@@ -20,8 +20,10 @@ from omegaconf import DictConfig
 # collector off while they do, and those objects frozen (never scanned again), start-up is
 # faster. Measured: `python train.py --cfg job` 3.1 s with, 6.0 s without (2 cores, 2026-11-26).
 gc.disable()
-from mlp.errors import closed_pipe_quietly, exit_on_user_error, in_sweep, run_cli  # noqa: E402
-from mlp.experiment import run  # noqa: E402
+from mlp.cli import closed_pipe_quietly, exit_on_user_error, run_cli  # noqa: E402
+from mlp.run.experiment import run  # noqa: E402
+from mlp.run.hydra_job import in_sweep  # noqa: E402
+from mlp.sweep.job import judge  # noqa: E402
 
 gc.freeze()
 gc.enable()
@@ -30,7 +32,7 @@ gc.enable()
 @hydra.main(config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
     with exit_on_user_error():
-        result = run(cfg)
+        result = run(cfg, judge(cfg.sweep))  # judge: a pruned sweep trial's pruner, else None
     if not in_sweep():  # a sweep logs one line per trial and prints its own summary
         with closed_pipe_quietly():  # here, not only around main: Hydra would report a failed job first
             print(result.summary())

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
-import mlp.config
-from mlp import data, training
-from mlp.experiment import cpu_model, pick_device
-from mlp.model import MLP
+import mlp.run.config
+from mlp import PROJECT_ROOT
+from mlp.run import data, training
+from mlp.run.device import cpu_model, pick_device
+from mlp.run.model import MLP
 
 
 def matmul_peak(sizes: tuple[int, ...], seconds: float) -> float:
@@ -127,9 +128,9 @@ def main() -> None:
     args = parser.parse_args()
     epochs = 1 if args.quick else args.epochs
 
-    with initialize_config_dir(config_dir=str(mlp.config.PROJECT_ROOT / "conf")):
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
         cfg = compose(config_name="config", overrides=args.overrides)
-    mlp.config.validate(cfg)
+    mlp.run.config.validate(cfg)
     device = pick_device(cfg.trainer.device)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -165,12 +166,12 @@ def main() -> None:
     if args.accuracy:  # whole runs, as train.py does them, in each precision
         import tempfile
 
-        from mlp.experiment import run
+        from mlp.run.experiment import run
 
         with tempfile.TemporaryDirectory() as tmp:  # one MLflow store for both runs
             for precision in ("fp32", "bf16"):
                 extra = [f"trainer.precision={precision}", f"tracking.dir={tmp}", "tracking.log_model=false"]
-                with initialize_config_dir(config_dir=str(mlp.config.PROJECT_ROOT / "conf")):
+                with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
                     result = run(compose(config_name="config", overrides=[*args.overrides, *extra]))
                 rows.append((f"{precision}: test accuracy of a whole run", f"{result.test_acc:.2%}"))
                 rows.append((f"{precision}: training seconds of that run", f"{result.metrics['train_seconds']:.1f}"))

@@ -28,7 +28,7 @@ import optuna
 from mlflow.tracking import MlflowClient
 from scipy.stats import spearmanr
 
-from mlp.trial import progress_step
+from mlp.sweep.job import progress_step
 
 ROOT = Path(__file__).resolve().parent.parent
 PRUNERS = ("median", "percentile", "successive_halving", "hyperband")  # conf/hydra/sweeper/pruner/*.yaml

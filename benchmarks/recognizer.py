@@ -4,7 +4,7 @@
     python benchmarks/recognizer.py --limit 1000      # a quicker estimate
     python benchmarks/recognizer.py --model runs:/<run id>/model
 
-1. Robustness: each MNIST test digit made photo-like (``mlp.images.photo_like``: inverted to
+1. Robustness: each MNIST test digit made photo-like (``mlp.serve.images.photo_like``: inverted to
    dark on light, scaled to 200-400 px, rotated up to 8 degrees, padded and shifted on a
    larger sheet, noise, JPEG), then read through predict.py's pipeline (``load_digit``):
    accuracy against the clean test set's; also with uneven light (a shadow across the sheet).
@@ -31,11 +31,13 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mlp import data, images, registry  # noqa: E402
-from mlp.experiment import cpu_model  # noqa: E402
+from mlp.run import data  # noqa: E402
+from mlp.run.device import cpu_model  # noqa: E402
+from mlp.serve import images  # noqa: E402
+from mlp.serve.recognizer import DEFAULT_TRACKING, DEFAULT_URI, NoModel, Recognizer  # noqa: E402
 
 
-def photo_accuracy(recognizer: registry.Recognizer, x: np.ndarray, y: np.ndarray, uneven: bool) -> tuple[float, float]:
+def photo_accuracy(recognizer: Recognizer, x: np.ndarray, y: np.ndarray, uneven: bool) -> tuple[float, float]:
     """(accuracy, seconds per image of preprocessing) over photo-like versions of x."""
     rng = np.random.default_rng(0)
     photos = [images.photo_like(d, rng, uneven_light=uneven) for d in x]
@@ -90,15 +92,15 @@ def serving(model: str, photos: list[bytes], warmup: int = 20) -> dict[str, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=registry.DEFAULT_URI, help="model URI (default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_URI, help="model URI (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=10_000, help="test digits to use (default: all 10,000)")
     parser.add_argument("--requests", type=int, default=1000, help="POST /predict requests to time (default: 1000)")
     args = parser.parse_args()
 
-    os.environ.setdefault("MLFLOW_TRACKING_URI", registry.DEFAULT_TRACKING)  # the web app's subprocess too
+    os.environ.setdefault("MLFLOW_TRACKING_URI", DEFAULT_TRACKING)  # the web app's subprocess too
     try:
-        recognizer = registry.Recognizer(args.model)
-    except registry.NoModel as e:
+        recognizer = Recognizer(args.model)
+    except NoModel as e:
         sys.exit(f"error: {e}")
     _, _, test_x, test_y = data.read_mnist(ROOT / "data")
     x, y = test_x.numpy()[: args.limit], test_y.numpy()[: args.limit]

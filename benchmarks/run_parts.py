@@ -25,8 +25,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlp.experiment import cpu_model
-from mlp.model import MLP
+from mlp.run.device import cpu_model
+from mlp.run.model import MLP
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = {  # logged metric -> what the row says

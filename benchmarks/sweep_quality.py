@@ -1,5 +1,5 @@
 """What the default sweep finds in its time budget, and how much of it is luck: the default
-sweep (conf/hydra/sweeper/optuna.yaml: multivariate TPE, median pruning, its timeout) run with
+sweep (conf/hydra/sweeper/optuna.yaml: multivariate TPE, no pruning, its timeout) run with
 several sampler seeds, and random search (hydra/sweeper/sampler=random) with the same budget
 and seeds, each as a user runs it, one after the other on this machine:
 
@@ -34,7 +34,8 @@ import optuna  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from sweep_scale import progress, run_workers, study_runs, sweep_command, table  # noqa: E402
 
-from mlp.experiment import cpu_model  # noqa: E402
+from mlp.run.device import cpu_model  # noqa: E402
+from mlp.sweep import protocol  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGET = float(OmegaConf.load(ROOT / "conf/hydra/sweeper/optuna.yaml").timeout)
@@ -67,7 +68,7 @@ def run_one(folder: Path, sampler: str, seed: int, budget: float, extra: list[st
     began, wall = run_workers(sub, [sweep_command(sub, name, overrides)])
     study, runs = study_runs(sub, name)
     best = study.best_trial
-    run = next((r for r in runs if r.info.run_id == best.user_attrs.get("mlflow_run_id")), None)
+    run = next((r for r in runs if r.info.run_id == best.user_attrs.get(protocol.ATTR_RUN_ID)), None)
     states = [t.state for t in study.trials]
     result = {
         "name": name,

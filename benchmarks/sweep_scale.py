@@ -41,10 +41,10 @@ import optuna
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from mlp.experiment import cpu_model
-from mlp.search_space import SearchSpace
-from mlp.sweeps import trial_runs
-from mlp.trial import open_storage
+from mlp.run.device import cpu_model
+from mlp.sweep import protocol
+from mlp.sweep.job import open_storage
+from mlp.sweep.space import SearchSpace
 
 ROOT = Path(__file__).resolve().parent.parent
 # Part (b) suggests the project's own search space, written once in conf/.
@@ -107,9 +107,13 @@ def run_workers(folder: Path, commands: list[list[str]]) -> tuple[float, float]:
 
 
 def study_runs(folder: Path, study: str) -> tuple[optuna.Study, list]:
-    """The study and the MLflow runs of its trials."""
-    loaded = optuna.load_study(study_name=study, storage=open_storage(f"sqlite:///{folder}/optuna.db"))
-    return loaded, list(trial_runs(MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db"), loaded).values())
+    """The study (Optuna's own loader) and the MLflow runs of its trials (found by their study tag,
+    as one would in the MLflow UI)."""
+    loaded = optuna.load_study(study_name=study, storage=f"sqlite:///{folder}/optuna.db")
+    client = MlflowClient(f"sqlite:///{folder}/mlruns/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    trial_filter = f"tags.`{protocol.TAG_STUDY}` = '{study}' and tags.`{protocol.TAG_TRIAL}` != ''"
+    return loaded, client.search_runs(experiments, trial_filter, max_results=50_000)
 
 
 def part_workers(folder: Path, trials: int, epochs: int, extra: list[str]) -> None:
@@ -189,7 +193,7 @@ def noop_trials(url: str, name: str, sampler: str, seed: int, trials: int, go: t
         trial = study.ask()
         storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(study_id, trial.number))
         SEARCH_SPACE.suggest(trial)
-        trial.set_user_attr("mlflow_run_id", f"run-{seed}-{trial.number}")
+        trial.set_user_attr(protocol.ATTR_RUN_ID, f"run-{seed}-{trial.number}")
         for epoch in range(1, REPORTS + 1):
             trial.report(0.5 + 0.4 * epoch / REPORTS, epoch)
         study.tell(trial, 0.9)

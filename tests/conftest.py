@@ -1,32 +1,18 @@
-"""Shared fixtures: configs composed with Hydra's compose API, tiny synthetic data, MLflow
-in a temporary SQLite file, CPU only."""
+"""Shared fixtures and hooks: configs composed with Hydra's compose API, tiny synthetic data,
+MLflow in a temporary SQLite file, CPU only; the session's champion trained on the real MNIST
+(the tests that use it, or digit_photos or web_app, are marked slow). The helpers the tests
+import (ROOT, TINY, compose_cfg, run_train, Sweep, ...) are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import optuna
 import pytest
-from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
-import mlp.config  # noqa: F401 - registers the schema
-
-ROOT = Path(__file__).resolve().parent.parent
-CONF = str(ROOT / "conf")
-
-# Tiny and quick: 600 synthetic images, 2 epochs, CPU, no progress bar.
-TINY = ["data=synthetic", "trainer.epochs=2", "trainer.batch_size=64", "trainer.device=cpu", "trainer.progress=false"]
-
-
-def compose_cfg(overrides: list[str]) -> DictConfig:
-    with initialize_config_dir(config_dir=CONF):
-        return compose(config_name="config", overrides=overrides)
+from tests.helpers import ROOT, TINY, compose_cfg, seed_store, subprocess_env
 
 
 @pytest.fixture
@@ -34,6 +20,22 @@ def mlruns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh tracking folder; MLflow is never pointed at the user's own store."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path / "mlruns"
+
+
+@pytest.fixture(scope="session")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store as MLflow itself creates it (its tables migrated: 1.5 s), made once
+    per test process for the tests that only log to a store (``seeded_store``)."""
+    path = tmp_path_factory.mktemp("empty-store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def seeded_store(mlruns: Path, empty_store: Path) -> Path:
+    """``mlruns`` holding a copy of that store: for tests of what a run logs, not of how a store
+    is made (the tests that start from nothing, and every command-line test, still make it)."""
+    return seed_store(mlruns, empty_store)
 
 
 @pytest.fixture
@@ -46,71 +48,12 @@ def tiny_cfg(mlruns: Path):
     return make
 
 
-def subprocess_env(**extra: str) -> dict[str, str]:
-    """The environment of a command a user types: no tracking URI or Hydra flags of ours."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "HYDRA_FULL_ERROR")}
-    return {**env, **extra}
-
-
-def run_train(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` in a subprocess, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args],
-        cwd=cwd,
-        env=subprocess_env(**(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-class Sweep:
-    """One temporary sweep set-up: storage, tracking store, sweep dir and winner file."""
-
-    def __init__(self, root: Path, study: str = "test"):
-        self.root, self.study = root, study
-        self.storage = f"sqlite:///{root}/optuna.db"
-        self.mlruns = root / "mlruns"
-        self.best = root / "conf" / "model" / f"best_{study}.yaml"
-
-    def args(self, n_trials: int, *extra: str) -> list[str]:
-        epochs = [] if any(e.startswith("trainer.epochs=") for e in extra) else ["trainer.epochs=1"]
-        return [
-            "-m", "hydra/sweeper=optuna", "data=synthetic", *epochs, "trainer.batch_size=64",
-            f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.study_name={self.study}",
-            f"hydra.sweeper.storage={self.storage}", f"hydra.sweeper.best_config={self.best}",
-            f"tracking.dir={self.mlruns}", f"hydra.sweep.dir={self.root}/multirun", *extra,
-        ]  # fmt: skip
-
-    def run(self, n_trials: int, *extra: str) -> subprocess.CompletedProcess:
-        done = run_train(*self.args(n_trials, *extra), cwd=self.root)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done
-
-    def study_trials(self) -> list[optuna.trial.FrozenTrial]:
-        return optuna.load_study(study_name=self.study, storage=self.storage).trials
-
-    def client(self) -> MlflowClient:
-        return MlflowClient(f"sqlite:///{self.mlruns}/mlflow.db")
-
-    def runs(self, role: str) -> list:
-        client = self.client()
-        experiment = client.get_experiment_by_name("mnist-mlp")
-        runs = client.search_runs([experiment.experiment_id])
-        return [r for r in runs if ("mlflow.parentRunId" in r.data.tags) == (role == "child")]
-
-    def sweep_py(self, *args: str) -> subprocess.CompletedProcess:
-        env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{self.mlruns}/mlflow.db")
-        return subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, "--storage", self.storage],
-                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def champion(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A small network trained on the real MNIST (2x256, 2 epochs: seconds) and registered as
     models:/mnist-mlp@champion in a store of its own; what predict.py, the web app and the
     browser tests read. Keys: tracking_uri, result (the RunResult), env (for subprocesses)."""
-    from mlp.experiment import run
+    from mlp.run.experiment import run
 
     mlruns = tmp_path_factory.mktemp("champion") / "mlruns"
     overrides = ["model.num_layers=2", "model.layer_size=256", "trainer.epochs=2", "trainer.device=cpu"]
@@ -131,11 +74,13 @@ def digit_photos(champion: dict, tmp_path_factory: pytest.TempPathFactory) -> li
     import numpy as np
     from PIL import Image
 
-    from mlp import data, images, registry
+    from mlp.run import data
+    from mlp.serve import images
+    from mlp.serve.recognizer import DEFAULT_URI, Recognizer
 
     folder = tmp_path_factory.mktemp("photos")
     _, _, test_x, test_y = data.read_mnist(ROOT / "data")
-    recognizer = registry.Recognizer(registry.DEFAULT_URI, champion["tracking_uri"])
+    recognizer = Recognizer(DEFAULT_URI, champion["tracking_uri"])
     rng = np.random.default_rng(0)
     found: dict[int, Path] = {}
     for i, (digit, label) in enumerate(zip(test_x.numpy()[:200], test_y[:200].tolist(), strict=True)):

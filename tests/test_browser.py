@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, subprocess_env
+from tests.helpers import ROOT, subprocess_env
 from tests.web import ensure_chromium, running_app
+
+pytestmark = pytest.mark.slow  # Chromium, the web app, the champion
 
 SCREENSHOT = ROOT / "outputs" / "browser" / "serve.png"
 

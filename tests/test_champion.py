@@ -10,9 +10,9 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlp import registry
-from mlp.experiment import run
-from tests.conftest import compose_cfg
+from mlp.run import registry
+from mlp.run.experiment import run
+from tests.helpers import compose_cfg
 
 # The command: tracking.register=true trainer.epochs=1 (on a small network: seconds)
 SMALL = ["tracking.register=true", "trainer.epochs=1", "model.num_layers=1", "model.layer_size=16"]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlp import data
-from tests.conftest import ROOT, run_train, subprocess_env
+from mlp.run import data
+from tests.helpers import ROOT, run_train, subprocess_env
 
 
 @pytest.mark.slow

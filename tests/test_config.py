@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from mlp.config import GROUPS, validate
-from mlp.errors import ConfigError, one_line
-from tests.conftest import ROOT, compose_cfg, run_train
+from mlp.cli import one_line
+from mlp.errors import ConfigError
+from mlp.run.config import GROUPS, validate
+from tests.helpers import ROOT, compose_cfg, run_train
 
 
 def group_options() -> list[str]:

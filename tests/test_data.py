@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlp import data
 from mlp.errors import DataError
+from mlp.run import data
 
 
 def tiny_arrays(n_train: int = 30, n_valid: int = 10, n_test: int = 12) -> tuple:

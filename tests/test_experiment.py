@@ -10,8 +10,8 @@ from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
 from mlp.errors import DivergedError
-from mlp.experiment import run
-from mlp.tracking import flatten, tracking_uri
+from mlp.run.experiment import run
+from mlp.run.tracking import flatten, tracking_uri
 
 EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "lr", "epoch_seconds"]
 ARTIFACTS = {
@@ -29,7 +29,7 @@ def logged(tmp_path_factory: pytest.TempPathFactory):
     """One tiny run with model logging on; shared by the assertions below."""
     from omegaconf import OmegaConf
 
-    from tests.conftest import TINY, compose_cfg
+    from tests.helpers import TINY, compose_cfg
 
     mlruns = tmp_path_factory.mktemp("store") / "mlruns"
     with pytest.MonkeyPatch.context() as mp:
@@ -110,7 +110,7 @@ def test_model_is_logged_and_loads_without_pickle(logged, tmp_path) -> None:
     cfg, _, client, mlrun, _ = logged
     import torch
 
-    from mlp import data
+    from mlp.run import data
 
     models = mlflow.search_logged_models(experiment_ids=[mlrun.info.experiment_id], output_format="list")
     model = [m for m in models if m.source_run_id == mlrun.info.run_id][0]
@@ -144,6 +144,8 @@ def test_model_is_logged_and_loads_without_pickle(logged, tmp_path) -> None:
     assert "mnist-mlp" not in [m.name for m in client.search_registered_models()]  # a plain run registers nothing
 
 
+@pytest.mark.slow  # trains a model (the fast path keeps test_experiment's one shared run)
+@pytest.mark.usefixtures("seeded_store")  # logs to a copy of an empty store: see conftest
 def test_same_config_and_seed_give_identical_metrics(tiny_cfg) -> None:
     cfg = tiny_cfg("tracking.log_model=false", "model.dropout=0.2")
     a, b = run(cfg), run(cfg)
@@ -157,6 +159,7 @@ def test_same_config_and_seed_give_identical_metrics(tiny_cfg) -> None:
     assert c.metrics["train/loss"] != a.metrics["train/loss"]  # the seed matters
 
 
+@pytest.mark.usefixtures("seeded_store")  # logs to a copy of an empty store: see conftest
 def test_divergence_fails_the_run_in_mlflow(tiny_cfg) -> None:
     cfg = tiny_cfg("optimizer=sgd", "optimizer.lr=1e30", "schedule=constant", "tracking.log_model=false")
     with pytest.raises(DivergedError, match="non-finite"):
@@ -167,6 +170,8 @@ def test_divergence_fails_the_run_in_mlflow(tiny_cfg) -> None:
     assert "non-finite" in failed.data.tags["failure_reason"]
 
 
+@pytest.mark.slow  # trains a model (the fast path keeps test_experiment's one shared run)
+@pytest.mark.usefixtures("seeded_store")  # logs to a copy of an empty store: see conftest
 def test_bf16_autocast_trains_and_differs_from_fp32_only_in_rounding(tiny_cfg) -> None:
     fp32 = run(tiny_cfg("tracking.log_model=false", "trainer.precision=fp32"))
     bf16 = run(tiny_cfg("tracking.log_model=false", "trainer.precision=bf16"))
@@ -186,7 +191,7 @@ def test_bf16_autocast_trains_and_differs_from_fp32_only_in_rounding(tiny_cfg) -
 def test_precision_auto_is_bf16_only_where_the_cpu_has_it(flags: str, expected: bool) -> None:
     import torch
 
-    from mlp.experiment import native_bf16, pick_precision
+    from mlp.run.device import native_bf16, pick_precision
 
     assert native_bf16(torch.device("cpu"), flags) is expected
     assert (
@@ -195,10 +200,12 @@ def test_precision_auto_is_bf16_only_where_the_cpu_has_it(flags: str, expected: 
     assert pick_precision("auto", torch.device("cpu")) == ("bf16" if native_bf16(torch.device("cpu")) else "fp32")
 
 
+@pytest.mark.slow  # trains a model (the fast path keeps test_experiment's one shared run)
+@pytest.mark.usefixtures("seeded_store")  # logs to a copy of an empty store: see conftest
 def test_a_run_records_the_precision_it_trained_in(tiny_cfg) -> None:
     import torch
 
-    from mlp.experiment import pick_precision
+    from mlp.run.device import pick_precision
 
     result = run(tiny_cfg("tracking.log_model=false", "trainer.precision=auto"))
     tags = MlflowClient(result.tracking_uri).get_run(result.run_id).data.tags

@@ -9,7 +9,7 @@ matplotlib.use("Agg")
 import optuna  # noqa: E402
 import pytest  # noqa: E402
 
-from mlp.sweeps import optuna_figures  # noqa: E402
+from mlp.sweep.report import optuna_figures  # noqa: E402
 
 SPACE = {
     "model.activation": optuna.distributions.CategoricalDistribution(["relu", "silu"]),

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from mlp import images
-from mlp.images import ImageError, load_digit
+from mlp.serve import images
+from mlp.serve.images import ImageError, load_digit
 
 
 def drawn_seven(size: int = 300, ink: int = 30, paper: int = 235, width: int = 22) -> Image.Image:

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from mlp.model import ACTIVATIONS, MLP, describe, parameter_count
+from mlp.run.model import ACTIVATIONS, MLP, describe, parameter_count
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
@@ -43,7 +43,7 @@ def test_describe() -> None:
 
 
 def test_random_shift_translates_each_image_by_its_own_offset() -> None:
-    from mlp.data import MEAN, STD, RandomShift
+    from mlp.run.data import MEAN, STD, RandomShift
 
     background = (0 - MEAN) / STD
     images = torch.full((400, 28, 28), background)
@@ -65,8 +65,8 @@ def test_random_shift_translates_each_image_by_its_own_offset() -> None:
     ],
 )
 def test_each_schedule_config_makes_its_learning_rate_curve(schedule: str, expected) -> None:
-    from mlp import training
-    from tests.conftest import compose_cfg
+    from mlp.run import training
+    from tests.helpers import compose_cfg
 
     cfg = compose_cfg([f"schedule={schedule}", "optimizer=sgd", "optimizer.lr=0.1"])
     optimizer = training.make_optimizer(cfg.optimizer, nn.Linear(2, 2))
@@ -81,8 +81,8 @@ def test_each_schedule_config_makes_its_learning_rate_curve(schedule: str, expec
 
 
 def test_recognizer_takes_pixels_in_every_form_and_returns_probabilities() -> None:
-    from mlp.data import MEAN, STD
-    from mlp.model import DigitRecognizer
+    from mlp.run.data import MEAN, STD
+    from mlp.run.model import DigitRecognizer
 
     torch.manual_seed(0)
     net = MLP(num_layers=2, layer_size=16).eval()

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import ROOT, subprocess_env
+from tests.helpers import ROOT, subprocess_env
+
+pytestmark = pytest.mark.slow  # predict.py in a subprocess, the champion
 
 
 def predict(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:

@@ -12,11 +12,10 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from mlp import experiment
 from mlp.errors import UserError
-from mlp.sweeper import make_pruner
-from mlp.trial import TrialLink, progress_step
-from tests.conftest import CONF, Sweep
+from mlp.run import experiment
+from mlp.sweep.job import TrialLink, judge, make_pruner, progress_step
+from tests.helpers import CONF, Sweep
 
 THRESHOLD = {"_target_": "optuna.pruners.ThresholdPruner", "lower": 1.01}  # prunes at every step: acc < 1.01
 # Any Optuna pruner, from the command line: a new _target_ and its arguments (new keys: +).
@@ -70,7 +69,8 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep(monkeypatch: py
     from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 
     from hydra_plugins.mlp_sweeper.sweeper import StudySweeperConf
-    from mlp.sweeper import PerTrialSampler, StudySweep
+    from mlp.sweep.sampler import PerTrialSampler
+    from mlp.sweep.settings import Plan
 
     official = {f.name: f.type for f in dataclasses.fields(OptunaSweeperConf)}
     ours = {f.name: f.type for f in dataclasses.fields(StudySweeperConf)}
@@ -84,7 +84,7 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep(monkeypatch: py
     with initialize_config_dir(config_dir=CONF):
         cfg = compose("config", overrides, return_hydra_config=True)
     monkeypatch.setattr("os.cpu_count", lambda: 4)  # 4 trials at a time: at most one per core
-    sweep = StudySweep(cfg, launcher=None, arguments=["optimizer.lr=choice(1e-3,3e-3)"])
+    sweep = Plan.of(cfg, ["optimizer.lr=choice(1e-3,3e-3)"])
     assert isinstance(sweep.sampler, PerTrialSampler) and isinstance(
         sweep.sampler.current, optuna.samplers.RandomSampler
     )
@@ -145,13 +145,20 @@ def test_only_trials_of_a_pruned_sweep_get_a_link(tmp_path: Path) -> None:
     assert TrialLink.open(storage, "s", 2) is not None
 
 
+def _run_trial(cfg):
+    """What train.py does in a sweep trial."""
+    return experiment.run(cfg, judge(cfg.sweep))
+
+
+@pytest.mark.slow  # trains a model (the fast path keeps test_experiment's one shared run)
+@pytest.mark.usefixtures("seeded_store")  # logs to a copy of an empty store: see conftest
 def test_a_pruned_trial_stops_records_where_and_is_logged(tiny_cfg, mlruns: Path, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = _trial(storage, THRESHOLD)
-    result = experiment.run(tiny_cfg("trainer.epochs=3", *as_trial(storage)))
+    result = _run_trial(tiny_cfg("trainer.epochs=3", *as_trial(storage)))
 
     trial = study.trials[0]
-    assert trial.state == optuna.trial.TrialState.RUNNING  # the sweeper tells Optuna PRUNED
+    assert trial.state == optuna.trial.TrialState.RUNNING  # the worker tells Optuna PRUNED
     assert trial.user_attrs["pruned_at_epoch"] == 1
     assert trial.intermediate_values == {33: pytest.approx(result.val_acc)}  # stopped after epoch 1 of 3
     client = MlflowClient(f"sqlite:///{mlruns}/mlflow.db")
@@ -165,11 +172,13 @@ def test_a_pruned_trial_stops_records_where_and_is_logged(tiny_cfg, mlruns: Path
     assert {"confusion_matrix.png", "confusion_matrix.csv", "learning_curves.png"} <= artifacts
 
 
+@pytest.mark.slow  # trains a model (the fast path keeps test_experiment's one shared run)
+@pytest.mark.usefixtures("seeded_store")  # logs to a copy of an empty store: see conftest
 def test_a_trial_is_never_pruned_at_its_last_epoch(tiny_cfg, tmp_path: Path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = _trial(storage, THRESHOLD)
-    experiment.run(tiny_cfg("trainer.epochs=1", *as_trial(storage)))
-    assert study.trials[0].state == optuna.trial.TrialState.RUNNING  # the sweeper tells COMPLETE
+    _run_trial(tiny_cfg("trainer.epochs=1", *as_trial(storage)))
+    assert study.trials[0].state == optuna.trial.TrialState.RUNNING  # the worker tells COMPLETE
     assert study.trials[0].intermediate_values.keys() == {100}
     assert "pruned_at_epoch" not in study.trials[0].user_attrs
 

@@ -1,9 +1,12 @@
-"""The README's `python train.py ...` commands compose as written: every group, key and value
-they name exists (the config is composed with Hydra's compose API and validated, the
-sweeper's settings included), and the error examples fail with the line the README shows."""
+"""The README and docs/*.md stay true. Their `python train.py ...` commands compose as written:
+every group, key and value they name exists (the config is composed with Hydra's compose API and
+validated, the sweeper's settings included), and the error examples fail with the line shown.
+The README stays short, its Layout names every module and entry point (and nothing that is not
+there), and every link, module path and dotted name in README and docs leads somewhere."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shlex
@@ -17,26 +20,34 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 
-from mlp.config import validate
-from mlp.errors import one_line
-from tests.conftest import CONF, ROOT, subprocess_env
+from mlp.cli import one_line
+from mlp.run.config import validate
+from tests.helpers import CONF, ROOT, subprocess_env
 
 COMMAND = re.compile(r"^\s+(\$ )?(?:\.venv/bin/)?python train\.py(.*)$")
+README = ROOT / "README.md"
+
+
+def documents() -> list[Path]:
+    """The README and the docs it links to: the commands of all of them are checked."""
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def readme_commands() -> list[tuple[str, list[str], str | None]]:
-    """(line, overrides, expected error or None) for each train.py command in a code block."""
-    lines = (ROOT / "README.md").read_text().splitlines()
-    found = []
-    for i, line in enumerate(lines):
-        if not (match := COMMAND.match(line)):
-            continue
-        words = shlex.split(match[2].split(" #")[0].rstrip(" \\"))
-        if "$" in match[2] or any(w.startswith(("--", ">")) or w == "&" for w in words):
-            continue  # shell variables, redirections, flags: not config
-        expected = lines[i + 1].strip() if match[1] else None  # "$ command" is followed by its output
-        found.append((line.strip(), words, expected))
-    return found
+    """(line, overrides, expected error or None) for each train.py command in a code block of the
+    README or docs/*.md, each command once (the README and a docs page may both show it)."""
+    found = {}
+    for doc in documents():
+        lines = doc.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if not (match := COMMAND.match(line)):
+                continue
+            words = shlex.split(match[2].split(" #")[0].rstrip(" \\"))
+            if "$" in match[2] or any(w.startswith(("--", ">")) or w == "&" for w in words):
+                continue  # shell variables, redirections, flags: not config
+            expected = lines[i + 1].strip() if match[1] else None  # "$ command" is followed by its output
+            found.setdefault((tuple(words), expected), line.strip())
+    return [(line, list(words), expected) for (words, expected), line in found.items()]
 
 
 def compose_command(words: list[str]):
@@ -76,9 +87,9 @@ FLAGS = re.compile(r"^\s+python train\.py --(cfg job|help)\b.*$")
 
 
 def readme_lines(pattern: re.Pattern) -> list[str]:
-    """The README's code lines that match, without their comments."""
-    lines = (ROOT / "README.md").read_text().splitlines()
-    return [line.split(" #")[0].strip() for line in lines if pattern.match(line)]
+    """The code lines of the README and docs/*.md that match, without their comments, each once."""
+    lines = [line for doc in documents() for line in doc.read_text().splitlines() if pattern.match(line)]
+    return list(dict.fromkeys(line.split(" #")[0].strip() for line in lines))
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +171,104 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
     cut = shell(clone, "python train.py --help | head -1")  # a reader that stops early: no traceback
     assert cut.stdout.startswith("train.py: train an MLP on MNIST") and cut.stdout.count("\n") == 1
     assert cut.stderr == ""
+
+
+# The README stays short and true: the measured detail lives in docs/*.md, which it links to.
+def test_the_readme_is_short_and_links_every_docs_page() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) <= 250
+    pages = sorted((ROOT / "docs").glob("*.md"))
+    assert pages and [p.name for p in pages if f"](docs/{p.name})" not in text] == []
+
+
+def section(text: str, title: str) -> list[str]:
+    """The lines of a `## title` section, up to the next heading of its level or above."""
+    lines = text.splitlines()
+    start = lines.index(f"## {title}") + 1
+    end = next((i for i in range(start, len(lines)) if re.match(r"#{1,2} ", lines[i])), len(lines))
+    return lines[start:end]
+
+
+def layout_entries() -> list[str]:
+    """The paths the README's Layout names: the first word of each line of its code block (not of
+    a line that continues a description, indented further)."""
+    return [line.split()[0] for line in section(README.read_text(), "Layout") if re.match(r" {4}\S", line)]
+
+
+def modules_and_entry_points() -> set[str]:
+    """From the file system: every module of mlp/ (not its __init__/__main__ files), the scripts
+    at the top, the Hydra plugin, scripts/ and benchmarks/."""
+    found = [
+        *(p for p in (ROOT / "mlp").rglob("*.py") if p.name not in ("__init__.py", "__main__.py")),
+        *ROOT.glob("*.py"),
+        *(p for p in (ROOT / "hydra_plugins").rglob("*.py") if p.name != "__init__.py"),
+        *(ROOT / "scripts").glob("*.py"),
+        *(ROOT / "benchmarks").glob("*.py"),
+    ]
+    return {str(p.relative_to(ROOT)) for p in found if "__pycache__" not in p.parts}
+
+
+def test_the_layout_names_every_module_and_entry_point_and_only_paths_that_exist() -> None:
+    named = layout_entries()
+    expected = modules_and_entry_points()
+    assert len(expected) > 30 and {"train.py", "mlp/run/experiment.py", "benchmarks/pruning.py"} <= expected
+    assert sorted(expected - set(named)) == [], "missing from the README's Layout"
+    gone = [p for p in named if not ((ROOT / p).is_dir() if p.endswith("/") else (ROOT / p).is_file())]
+    assert gone == [], "the README's Layout names paths that do not exist"
+    assert len(named) == len(set(named))
+
+
+def anchors(doc: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces -> -."""
+    headings = [line.lstrip("#").strip() for line in doc.read_text().splitlines() if re.match(r"#+ ", line)]
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda p: p.name)
+def test_links_lead_to_files_and_headings_that_exist(doc: Path) -> None:
+    links = [t for t in LINK.findall(doc.read_text()) if not t.startswith(("http://", "https://", "mailto:"))]
+    broken = []
+    for target in links:
+        path, _, anchor = target.partition("#")
+        file = (doc.parent / path).resolve() if path else doc
+        if not file.exists() or (anchor and anchor not in anchors(file)):
+            broken.append(target)
+    assert links and broken == []
+
+
+PATH = re.compile(r"(?<![\w./-])mlp/[\w./]*[\w/]")  # mlp/run/config.py, mlp/sweep/
+DOTTED = re.compile(r"(?<![\w./-])mlp(?:\.\w+)+")  # mlp.serve.images.photo_like, python -m mlp.serve
+
+
+def resolves(name: str) -> bool:
+    """Whether a dotted name is a module of the package, or an attribute of one."""
+    parts = name.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[i:]:
+            if not hasattr(obj, attr):
+                return False
+            obj = getattr(obj, attr)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("doc", documents(), ids=lambda p: p.name)
+def test_module_paths_and_names_in_the_docs_exist(doc: Path) -> None:
+    text = doc.read_text()
+    paths, names = set(PATH.findall(text)), set(DOTTED.findall(text))
+    assert [p for p in sorted(paths) if not (ROOT / p).exists()] == []
+    assert [n for n in sorted(names) if not resolves(n)] == []
+
+
+def test_the_name_checks_find_old_module_paths() -> None:
+    old = "see mlp/sweeper.py and `mlp.images.photo_like`; now mlp/sweep/worker.py and mlp.serve.images.photo_like."
+    assert PATH.findall(old) == ["mlp/sweeper.py", "mlp/sweep/worker.py"]
+    assert [n for n in DOTTED.findall(old) if not resolves(n)] == ["mlp.images.photo_like"]
+    assert resolves("mlp.training.onecycle") and not resolves("mlp.run.model.NoSuchThing")

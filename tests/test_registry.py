@@ -14,10 +14,10 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from mlp import registry
-from mlp.experiment import run
-from mlp.sweeps import winner_record
-from tests.conftest import ROOT, compose_cfg, run_train
+from mlp.run import registry
+from mlp.run.experiment import run
+from mlp.run.winner_files import winner_origin, winner_record
+from tests.helpers import ROOT, compose_cfg, run_train
 
 CANONICAL = registry.canonical_split()
 
@@ -31,6 +31,8 @@ def test_the_canonical_split_is_the_default_data_config() -> None:
     assert registry.TrainedOn.of(compose_cfg([]).data) == CANONICAL == registry.TrainedOn("mnist", 10000, 0)
 
 
+@pytest.mark.slow  # trains a model (the fast path keeps test_experiment's one shared run)
+@pytest.mark.usefixtures("seeded_store")  # logs to a copy of an empty store: see conftest
 def test_champion_moves_only_to_a_strictly_better_model_on_the_canonical_split(tiny_cfg) -> None:
     result = run(tiny_cfg("trainer.epochs=1"))
     model_uri = _logged_model(result)
@@ -75,6 +77,8 @@ def test_champion_moves_only_to_a_strictly_better_model_on_the_canonical_split(t
     assert [client.get_model_version("digits", "4").tags[k] for k in tags] == ["synthetic", "100", "0", "false"]
 
 
+@pytest.mark.slow  # trains a model (the fast path keeps test_experiment's one shared run)
+@pytest.mark.usefixtures("seeded_store")  # logs to a copy of an empty store: see conftest
 def test_without_a_champion_other_data_is_registered_but_never_champion(tiny_cfg) -> None:
     result = run(tiny_cfg("trainer.epochs=1", "tracking.register=true", "tracking.registered_model=mine"))
     assert result.registered is not None and not result.registered.champion
@@ -89,6 +93,8 @@ def test_without_a_champion_other_data_is_registered_but_never_champion(tiny_cfg
     assert (version.tags["data.name"], version.tags["champion_eligible"]) == ("synthetic", "false")
 
 
+@pytest.mark.slow  # trains a model (the fast path keeps test_experiment's one shared run)
+@pytest.mark.usefixtures("seeded_store")  # logs to a copy of an empty store: see conftest
 def test_a_champion_registered_before_data_tags_is_judged_by_its_runs_params(tiny_cfg) -> None:
     """A version registered before versions recorded their data: its run's params say what it was
     trained on. Here data=synthetic, so it was never comparable: a model on the canonical split
@@ -112,13 +118,13 @@ def test_winner_origin_reads_the_winner_files_header(tmp_path: Path) -> None:
     )
     (tmp_path / "model" / "mlp.yaml").write_text("num_layers: 2\n")
     folders = [str(tmp_path / "elsewhere"), str(tmp_path)]
-    assert registry.winner_origin({"hydra.choice.model": "best_x"}, folders) == {"study": "x", "trial": "12"}
-    assert registry.winner_origin({"hydra.choice.model": "mlp"}, folders) is None
-    assert registry.winner_origin({}, folders) is None
+    assert winner_origin({"hydra.choice.model": "best_x"}, folders) == {"study": "x", "trial": "12"}
+    assert winner_origin({"hydra.choice.model": "mlp"}, folders) is None
+    assert winner_origin({}, folders) is None
 
 
 def test_the_shipped_winner_file_has_a_winner_line() -> None:
-    origin = registry.winner_origin({"hydra.choice.model": "best"}, [str(ROOT / "conf")])
+    origin = winner_origin({"hydra.choice.model": "best"}, [str(ROOT / "conf")])
     study, trial, _ = winner_record(ROOT / "conf" / "model" / "best.yaml")
     assert origin == {"study": study, "trial": str(trial)}  # e.g. tpe-0, 69: the sweep it came from
 
@@ -165,12 +171,13 @@ def test_train_model_best_registers_only_a_winner_on_the_canonical_split(tmp_pat
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_fresh_process_pyfunc_gives_the_runs_test_accuracy(champion: dict) -> None:
     """The registered model, loaded with mlflow.pyfunc in a new process, on the 10,000 MNIST test
     images as they come (uint8, 0-255, [N, 28, 28]): probabilities, and the run's exact accuracy."""
     script = textwrap.dedent(f"""\
         import json, mlflow, numpy as np
-        from mlp.data import read_mnist
+        from mlp.run.data import read_mnist
         _, _, x, y = read_mnist({str(ROOT / "data")!r})
         model = mlflow.pyfunc.load_model("models:/mnist-mlp@champion", model_config={{"device": "cpu"}})
         probs = model.predict(x.numpy())

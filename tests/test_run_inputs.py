@@ -16,11 +16,11 @@ import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
-from mlp import data
-from mlp.config import validate
 from mlp.errors import ConfigError, UserError
-from mlp.experiment import run
-from tests.conftest import ROOT, run_train, subprocess_env
+from mlp.run import data
+from mlp.run.config import validate
+from mlp.run.experiment import run
+from tests.helpers import ROOT, run_train, subprocess_env
 
 
 @pytest.mark.parametrize(
@@ -101,6 +101,7 @@ def quick_run(tiny_cfg, *overrides: str):
     return run(tiny_cfg("trainer.epochs=1", "tracking.log_model=false", *overrides))
 
 
+@pytest.mark.slow  # trains a model (the fast path keeps test_experiment's one shared run)
 def test_a_damaged_mlflow_db_is_refused_and_left_as_it_was(tiny_cfg, mlruns: Path) -> None:
     """A page of a table that a run does not read (MLflow would write into this file unawares)."""
     quick_run(tiny_cfg)  # a real store with one run
@@ -143,7 +144,9 @@ def test_raw_mnist_files_that_are_not_regular_files_are_refused_at_once(tmp_path
                 (raw / name).symlink_to(data.raw_dir(ROOT / "data") / name)
         target = raw / "train-images-idx3-ubyte"
         {"dev-zero": lambda t: t.symlink_to("/dev/zero"), "fifo": os.mkfifo, "folder": Path.mkdir}[kind](target)
-    script = "import sys\nfrom mlp import data\nfor root in sys.argv[1:]:\n    try:\n        data.ensure_mnist(root)\n"
+    script = (
+        "import sys\nfrom mlp.run import data\nfor root in sys.argv[1:]:\n    try:\n        data.ensure_mnist(root)\n"
+    )
     script += "    except data.DataError as e:\n        print(e)\n"
     done = subprocess.run([sys.executable, "-c", script, *map(str, roots.values())], cwd=ROOT, capture_output=True,
                           text=True, timeout=60, env=subprocess_env())  # fmt: skip

@@ -11,10 +11,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from mlp.errors import UserError
-from mlp.experiment import pick_device
-from mlp.search_space import SearchSpace
-from mlp.sweeper import PerTrialSampler, trial_seed
-from tests.conftest import ROOT, Sweep
+from mlp.run.device import pick_device
+from mlp.sweep.sampler import PerTrialSampler, trial_seed
+from mlp.sweep.space import SearchSpace
+from tests.helpers import ROOT, Sweep
 
 
 def test_the_grammar_becomes_optunas_distributions() -> None:
@@ -142,7 +142,7 @@ def private_names(path: Path) -> list[str]:
 
 def test_no_private_names_of_hydra_optuna_or_mlflow_in_the_project() -> None:
     files = [
-        *(ROOT / "mlp").glob("*.py"),
+        *(ROOT / "mlp").rglob("*.py"),
         *(ROOT / "hydra_plugins").rglob("*.py"),
         ROOT / "sweep.py",
         ROOT / "train.py",

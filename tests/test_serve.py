@@ -18,11 +18,13 @@ import requests
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from mlp import images
-from mlp.experiment import run
-from tests.conftest import ROOT, subprocess_env
+from mlp.run.experiment import run
+from mlp.serve import images
+from tests.helpers import ROOT, subprocess_env
 from tests.test_images import drawn_seven, encoded
 from tests.web import running_app
+
+pytestmark = pytest.mark.slow  # the web app in a subprocess, the champion
 
 
 def test_predict_a_photo_as_a_form_file_or_a_raw_body(web_app: str, digit_photos: list) -> None:
@@ -92,7 +94,6 @@ def _until(get: Callable[[], requests.Response], done: Callable[[requests.Respon
     return response
 
 
-@pytest.mark.slow
 def test_a_running_server_follows_its_model_being_replaced_or_deleted(tiny_cfg, tmp_path: Path) -> None:
     """Before, /health still said "ok, version 1" after the model was deleted."""
     result = run(tiny_cfg("trainer.epochs=1"))
@@ -151,7 +152,6 @@ def test_health_answers_at_once_while_a_large_image_is_read(web_app: str) -> Non
     assert len(latencies) >= 3 and max(latencies) < answer["seconds"] / 3, (latencies, answer["seconds"])
 
 
-@pytest.mark.slow
 def test_a_client_gone_mid_upload_leaves_no_traceback(tmp_path: Path) -> None:
     store = tmp_path / "mlruns"
     store.mkdir()
@@ -174,8 +174,8 @@ PORTS = "is not accepted: expected a port number from 1 to 65535"
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--port", "99999"], f"serve.py: error: argument --port: '99999' {PORTS}"),
-        (["--port", "0"], f"serve.py: error: argument --port: '0' {PORTS}"),
+        (["--port", "99999"], f"python -m mlp.serve: error: argument --port: '99999' {PORTS}"),
+        (["--port", "0"], f"python -m mlp.serve: error: argument --port: '0' {PORTS}"),
         (["--host", "no-such-host.invalid"], "error: cannot listen on no-such-host.invalid:8000: "),
     ],
 )

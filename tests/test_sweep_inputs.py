@@ -19,10 +19,13 @@ from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 import sweep as sweep_py
-from mlp import sweeps
 from mlp.errors import UserError
-from mlp.sweeper import StudySweep
-from tests.conftest import CONF, TINY, Sweep, compose_cfg, run_train
+from mlp.run import winner_files
+from mlp.sweep import export, report, settings
+from mlp.sweep.settings import Plan
+from mlp.sweep.study import join
+from mlp.sweep.worker import Worker
+from tests.helpers import CONF, TINY, Sweep, compose_cfg, run_train, seed_store
 
 
 def sweeper_cfg(*overrides: str):
@@ -116,7 +119,7 @@ def test_a_bad_sweeper_setting_is_one_line_naming_its_key(
     monkeypatch.setattr("os.cpu_count", lambda: 2)  # the accepted n_jobs depend on the cores
     cfg = sweeper_cfg(*overrides)
     with pytest.raises(UserError) as info:
-        StudySweep(cfg, launcher=None, arguments=[])
+        Plan.of(cfg, [])
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
 
@@ -135,7 +138,7 @@ def test_a_bad_sweeper_setting_is_one_line_naming_its_key(
 )
 def test_good_sweeper_settings_are_taken(overrides: list[str], n_jobs: int, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    assert StudySweep(sweeper_cfg(*overrides), launcher=None, arguments=[]).n_jobs == n_jobs
+    assert Plan.of(sweeper_cfg(*overrides), []).n_jobs == n_jobs
 
 
 @pytest.mark.slow
@@ -154,26 +157,25 @@ def test_a_refused_setting_writes_nothing(tmp_path: Path) -> None:
 
 def test_distinct_study_names_never_share_a_winner_file() -> None:
     names = ["mnist-mlp", "a_b", "a-b", "A_b", "wide2", "x" * 64]
-    files = [sweeps.winner_file("/c", name) for name in names]
+    files = [winner_files.winner_file("/c", name) for name in names]
     assert len(set(files)) == len(names)
     assert files[:2] == ["/c/model/best.yaml", "/c/model/best_a_b.yaml"]
     for bad in ["a/b", "..", "a b", "it's", "", "x" * 65, "-x"]:
         with pytest.raises(UserError, match="hydra.sweeper.study_name=.* is not accepted"):
-            sweeps.check_study_name(bad)
+            settings.check_study_name(bad)
 
 
 # -- a study made before names were checked, and trials joined to runs by run id ---------
 
 
 @pytest.fixture
-def study_with_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def study_with_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path):
     """A study of two complete trials (val 0.5 and 0.7) with their MLflow runs and config.yaml,
     as a sweep leaves them, in a temporary SQLite store and storage; named with a quote, as a
     study made before names were checked may be."""
 
     def make(name: str = "it's") -> tuple[str, MlflowClient, optuna.Study]:
-        uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-        (tmp_path / "mlruns").mkdir(exist_ok=True)
+        uri = f"sqlite:///{seed_store(tmp_path / 'mlruns', empty_store)}/mlflow.db"  # an empty MLflow store
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         client = MlflowClient(uri)
         experiment = client.create_experiment("mnist-mlp", artifact_location=(tmp_path / "artifacts").as_uri())
@@ -241,7 +243,7 @@ def test_export_never_replaces_a_better_winner_without_replace(
         f"wrote {best}: trial 1, validation accuracy 0.7000; the version it replaced is artifact "
         f"previous/best.yaml of MLflow run {parent}\n"
     )
-    assert sweeps.recorded_winner(best) == ("smoke", 1)
+    assert winner_files.recorded_winner(best) == ("smoke", 1)
     kept = Path(client.download_artifacts(parent, "previous/best.yaml", str(tmp_path / "dl")))
     assert sha256(kept) == before  # the old version, byte for byte
     written = yaml.safe_load(best.read_text())
@@ -259,8 +261,8 @@ def test_a_sweep_keeps_a_better_winner_file(tmp_path: Path) -> None:
     study = optuna.create_study(study_name="mnist-mlp", direction="maximize")
     study.add_trial(optuna.trial.create_trial(value=0.9885, params={}, distributions={}))
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
-    with pytest.raises(sweeps.WinnerKept) as info:
-        sweeps.update_winner(study, study.best_trial, client, None, path)
+    with pytest.raises(export.WinnerKept) as info:
+        export.update_winner(study, study.best_trial, client, None, path)
     assert info.value.tag == "best.yaml: 0.9903 (study mnist-mlp, trial 3)"
     assert str(info.value).endswith("(hydra.sweeper.replace_winner=true replaces it)")
     assert path.read_text() == winner_text("mnist-mlp", 0.9903)
@@ -281,20 +283,20 @@ def test_another_applications_database_is_refused_and_left_as_it_is(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = sweeper_cfg(f"hydra.sweeper.storage={url}", f"tracking.dir={tmp_path}/mlruns")
     with pytest.raises(UserError, match=r"hydra\.sweeper\.storage: .* holds another application's tables"):
-        StudySweep(cfg, launcher=None, arguments=[]).open()
+        join(Plan.of(cfg, []), cfg)
     assert sha256(foreign) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["app.db"]  # no tracking store made either
 
 
-def test_mlflows_own_database_is_not_a_study_storage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    mlflow_db = tmp_path / "mlruns" / "mlflow.db"
-    mlflow_db.parent.mkdir()
-    MlflowClient(f"sqlite:///{mlflow_db}").search_experiments()  # MLflow makes its tables
+def test_mlflows_own_database_is_not_a_study_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path
+) -> None:
+    mlflow_db = seed_store(tmp_path / "mlruns", empty_store) / "mlflow.db"  # a store MLflow made, with its tables
     before = sha256(mlflow_db)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = sweeper_cfg(f"hydra.sweeper.storage=sqlite:///{mlflow_db}", f"tracking.dir={tmp_path}/elsewhere")
     with pytest.raises(UserError, match=r"holds another application's tables \(alembic_version, "):
-        StudySweep(cfg, launcher=None, arguments=[]).open()
+        join(Plan.of(cfg, []), cfg)
     assert sha256(mlflow_db) == before
 
 
@@ -341,7 +343,7 @@ def test_an_unreachable_tracking_server_is_one_line_at_once(
 def test_a_storage_server_that_never_answers_fails_within_its_connect_timeout(
     capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("mlp.trial.CONNECT_TIMEOUT", 1)
+    monkeypatch.setattr("mlp.sweep.storage.CONNECT_TIMEOUT", 1)
     with socket.socket() as server:  # accepts connections (the kernel does) and never says a word
         server.bind(("127.0.0.1", 0))
         server.listen(8)
@@ -357,8 +359,8 @@ def test_a_storage_server_that_never_answers_fails_within_its_connect_timeout(
 
 
 @pytest.fixture
-def opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """An opened StudySweep (its study and parent run made) with one complete trial, and a
+def opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path):
+    """A Worker (its study and parent run made) with one complete trial, and a
     winner file that records a better trial: what a sweep has when it reaches its end."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     best = tmp_path / "best_end.yaml"
@@ -367,8 +369,9 @@ def opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
         "hydra.sweeper.study_name=end", f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
         f"hydra.sweeper.best_config={best}", f"tracking.dir={tmp_path}/mlruns",
     )  # fmt: skip
-    sweep = StudySweep(cfg, launcher=None, arguments=[])
-    sweep.open()
+    plan = Plan.of(cfg, [])
+    seed_store(tmp_path / "mlruns", empty_store)
+    sweep = Worker(plan, join(plan, cfg), cfg, launcher=None)
     for value in (0.5, 0.4):
         sweep.study.tell(sweep.study.ask(), value)
     return sweep, best
@@ -381,11 +384,11 @@ def test_interrupted_while_writing_the_report_ends_the_parent_killed(opened, mon
     def interrupted(*args: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sweeps, "report", interrupted)
+    monkeypatch.setattr(report, "report", interrupted)
     with pytest.raises(KeyboardInterrupt):
         sweep.finish("FINISHED")
-    assert sweep.client.get_run(sweep.parent_id).info.status == "KILLED"
-    assert sha256(best) == before and sweeps.winner_record(best) == ("end", 3, 0.99)
+    assert sweep.client.get_run(sweep.joined.parent_id).info.status == "KILLED"
+    assert sha256(best) == before and winner_files.winner_record(best) == ("end", 3, 0.99)
 
 
 def test_a_winner_file_that_cannot_be_written_ends_the_parent_failed(opened, tmp_path: Path) -> None:
@@ -394,4 +397,4 @@ def test_a_winner_file_that_cannot_be_written_ends_the_parent_failed(opened, tmp
     best.mkdir()  # became a folder while the sweep ran
     with pytest.raises(UserError, match=f"cannot write {best}: it is a folder"):
         sweep.finish("FINISHED")
-    assert sweep.client.get_run(sweep.parent_id).info.status == "FAILED"
+    assert sweep.client.get_run(sweep.joined.parent_id).info.status == "FAILED"

@@ -13,8 +13,8 @@ import optuna
 import pytest
 import yaml
 
-from mlp.sweeps import recorded_winner
-from tests.conftest import ROOT, Sweep, run_train, subprocess_env
+from mlp.run.winner_files import recorded_winner
+from tests.helpers import ROOT, Sweep, run_train, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -144,7 +144,7 @@ def test_failing_trials_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> No
     )
     assert sweep.best.exists()  # written from the trials that completed
     # The winner was found with SGD and a constant schedule: its file selects them itself.
-    from tests.conftest import compose_cfg
+    from tests.helpers import compose_cfg
 
     assert "- override /optimizer: sgd\n" in sweep.best.read_text()
     cfg = compose_cfg(["model=best_fail", "data=synthetic", f"hydra.searchpath=[file://{tmp_path}/conf]"])

@@ -20,9 +20,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlp.sweeps import recorded_winner
-from mlp.trial import open_storage
-from tests.conftest import ROOT, subprocess_env
+from mlp.run.winner_files import recorded_winner
+from mlp.sweep.storage import open_storage
+from tests.helpers import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ from typing import IO
 import pytest
 import requests
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 

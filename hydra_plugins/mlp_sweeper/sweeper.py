@@ -2,7 +2,7 @@
 
 Its settings are the official hydra-optuna-sweeper's (its config schema and sampler configs
 are reused as they are) plus a pruner, the winner file and Optuna's heartbeat. The loop is the
-project's own, on public APIs only: mlp/sweeper.py.
+project's own, on public APIs only: mlp/sweep/worker.py.
 """
 
 from dataclasses import dataclass
@@ -42,7 +42,6 @@ class StudySweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
-        from mlp.sweeper import StudySweep, quiet_optuna
+        from mlp.sweep.worker import run_worker  # here, not at the top: Hydra imports every plugin on each start
 
-        with quiet_optuna():
-            StudySweep(self.config, self.launcher, arguments).run()
+        run_worker(self.config, self.launcher, arguments)

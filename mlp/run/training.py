@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -30,17 +31,18 @@ class Evaluation:
 def make_optimizer(spec: Any, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer an ``optimizer`` config names (``_target_`` + arguments) over the model's
     parameters: a new optimizer is a new YAML file."""
-    from hydra.utils import instantiate
-
     return instantiate(spec, params=model.parameters(), _execution_whitelist_="torch.optim.*")
 
 
 def make_schedule(spec: Any, optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler:
     """The per-step learning-rate scheduler a ``schedule`` config names (one of the functions
     below, or any with the same first two arguments)."""
-    from hydra.utils import instantiate
-
-    return instantiate(spec, optimizer=optimizer, total_steps=total_steps, _execution_whitelist_=("mlp.training.*",))
+    return instantiate(
+        spec,
+        optimizer=optimizer,
+        total_steps=total_steps,
+        _execution_whitelist_=("mlp.training.*", "mlp.run.training.*"),
+    )
 
 
 def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float) -> LRScheduler:

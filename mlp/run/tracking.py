@@ -18,12 +18,14 @@ import mlflow
 import mlflow.pytorch
 import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the default store: load it with the other imports
 import numpy as np
+import requests
 from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
-from mlp.config import PROJECT_ROOT
+from mlp import PROJECT_ROOT
 from mlp.errors import UserError, check_writable_folder, first_line, no_space_line, out_of_space
-from mlp.filelock import read_only, sqlite_creation_lock, sqlite_file, table_names
+from mlp.sqlite_files import read_only, sqlite_creation_lock, sqlite_file, table_names
+from mlp.sweep import protocol
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +126,6 @@ def check_sqlite_store(uri: str) -> None:
 
 def check_server(uri: str) -> None:
     """A tracking server that does not answer its health check is one line, not minutes of retries."""
-    import requests
-
     try:
         requests.get(f"{uri.rstrip('/')}/health", timeout=10).raise_for_status()
     except requests.RequestException as e:
@@ -185,7 +185,7 @@ def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], run_id: str 
     """An MLflow run holding the resolved config (as params and as config.yaml); ``run_id``
     resumes a run opened elsewhere (a sweep trial's, opened by the sweeper).
 
-    A run that raises ends FAILED with the reason in ``failure_reason``; interrupted (Ctrl-C,
+    A run that raises ends FAILED with the reason in its ``failure_reason`` tag (protocol.FAILURE); interrupted (Ctrl-C,
     SIGTERM), it ends KILLED.
     """
     _, experiment_id = use_experiment(cfg.tracking)
@@ -203,13 +203,13 @@ def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], run_id: str 
             try:
                 yield run
             except KeyboardInterrupt:
-                mlflow.set_tag("failure_reason", "interrupted (Ctrl-C or SIGTERM)")
+                mlflow.set_tag(protocol.FAILURE, "interrupted (Ctrl-C or SIGTERM)")
                 mlflow.end_run("KILLED")
                 raise
             except Exception as e:
                 _remove_half_written(e, cfg.tracking)
                 with contextlib.suppress(Exception):  # a full disk may refuse the tag; the run still ends FAILED
-                    mlflow.set_tag("failure_reason", f"{type(e).__name__}: {e}"[:5000])
+                    mlflow.set_tag(protocol.FAILURE, f"{type(e).__name__}: {e}"[:5000])
                 raise
     except Exception as e:
         if (full := out_of_space(e)) is None:
@@ -243,9 +243,9 @@ def _end_failed(started: list[str]) -> str:
     return f"the MLflow run {started[0]} could not be marked FAILED (it shows RUNNING)"
 
 
-def mark_pruned(epochs_run: int) -> None:
+def tag_pruned(epochs_run: int) -> None:
     """Tag the active run as a sweep trial that its pruner stopped early."""
-    mlflow.set_tags({"sweep.state": "PRUNED", "sweep.pruned_at_epoch": str(epochs_run)})
+    mlflow.set_tags({protocol.TAG_STATE: "PRUNED", protocol.TAG_PRUNED_AT: str(epochs_run)})
 
 
 def log_epoch(metrics: dict[str, float]) -> None:
@@ -253,7 +253,7 @@ def log_epoch(metrics: dict[str, float]) -> None:
 
 
 def log_figure(fig: Figure, path: str) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyplot takes a second to load: sweep.py's listings never need it
 
     mlflow.log_figure(fig, path)
     plt.close(fig)

@@ -14,7 +14,7 @@ the centre; a light digit on a dark ground. Before that, a photo needs its ink f
 5. Otsu's threshold on what remains separates ink from ground; specks much smaller than the
    largest stroke are dropped; the ink keeps its grey levels (anti-aliased edges).
 
-predict.py, the web app (mlp/serve.py) and benchmarks/recognizer.py all call ``load_digit``.
+predict.py, the web app (mlp/serve/app.py) and benchmarks/recognizer.py all call ``load_digit``.
 """
 
 from __future__ import annotations

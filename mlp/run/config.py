@@ -13,15 +13,17 @@ import os
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from pathlib import Path
 
+import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from mlp import PROJECT_ROOT
 from mlp.errors import ConfigError, UserError, accepted_keys
-from mlp.model import ACTIVATIONS, parameter_count
+from mlp.run.data import pool_size
+from mlp.run.model import ACTIVATIONS, parameter_count
+from mlp.run.winner_files import winner_file
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ("model", "optimizer", "schedule", "data", "trainer")  # the config groups of one run
 
 
@@ -31,7 +33,7 @@ Activation = StrEnum("Activation", {name: name for name in ACTIVATIONS})
 
 
 class Precision(StrEnum):
-    auto = "auto"  # bf16 where the hardware computes in it natively (see experiment.pick_precision), else fp32
+    auto = "auto"  # bf16 where the hardware computes in it natively (see mlp.run.device.pick_precision), else fp32
     fp32 = "fp32"  # float32 throughout
     bf16 = "bf16"  # forward pass under bfloat16 autocast; weights and updates float32
 
@@ -67,7 +69,7 @@ class SGDConfig(OptimizerConfig):
 
 @dataclass
 class ScheduleConfig:
-    """A function of mlp.training that makes a per-step scheduler: (optimizer, total_steps, ...)."""
+    """A function of mlp.run.training that makes a per-step scheduler: (optimizer, total_steps, ...)."""
 
     _target_: str = MISSING
 
@@ -152,12 +154,10 @@ def _parallel_jobs(n_jobs: int) -> int:
 
 
 def _winner_file(study_name: str) -> str:
-    from mlp.sweeps import winner_file
-
     return winner_file(str(PROJECT_ROOT / "conf"), study_name)
 
 
-def register() -> None:
+def store_schemas() -> None:
     """Put the schemas in the ConfigStore; conf/ files name them in their defaults lists."""
     OmegaConf.register_resolver("project_root", _project_root, replace=True)
     OmegaConf.register_resolver("parallel_jobs", _parallel_jobs, replace=True)
@@ -179,7 +179,7 @@ def register() -> None:
         cs.store(name=name, node=node)
 
 
-register()
+store_schemas()
 
 
 def _check(cfg: DictConfig, key: str, ok: bool, accepted: str) -> None:
@@ -209,8 +209,7 @@ def _check_keys(node: DictConfig, prefix: str = "") -> None:
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value is out of range; then check that the
     run fits in memory and that its tracking folder can be written."""
-    from mlp.data import pool_size
-    from mlp.tracking import check_tracking_dir
+    from mlp.run.tracking import check_tracking_dir  # MLflow takes seconds to load: only when a run is checked
 
     _check_keys(cfg)
     m, o, t, d = cfg.model, cfg.optimizer, cfg.trainer, cfg.data
@@ -272,8 +271,6 @@ def validate(cfg: DictConfig) -> None:
 def _machine_memory(device: str) -> tuple[int, str] | None:
     """(bytes, what they are) of the memory a run on ``device`` lives in: the GPU's on CUDA (the
     smallest GPU's for auto), else RAM; None where unknown."""
-    import torch
-
     if torch.cuda.is_available() and (device == "auto" or device.startswith("cuda")):
         count = torch.cuda.device_count()
         indices = range(count) if device == "auto" else [int(device[5:] or 0)]

@@ -16,7 +16,7 @@ from hydra.core.override_parser.types import Override, Transformer
 from hydra.errors import HydraException
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from mlp.errors import UserError
+from mlp.errors import UserError, first_line
 
 GRAMMAR = "choice(a, b, ...), range(start, stop[, step]), interval(low, high) or tag(log, interval(low, high))"
 
@@ -78,7 +78,7 @@ class SearchSpace:
         try:
             overrides = OverridesParser.create().parse_overrides(lines)
         except HydraException as e:
-            raise UserError(f"search space: {str(e).splitlines()[0]}") from e
+            raise UserError(f"search space: {first_line(e)}") from e
         space = cls()
         for override in overrides:
             key = override.get_key_element()

@@ -28,14 +28,17 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+import torch
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from mlp import images, registry
 from mlp.errors import UserError, first_line
+from mlp.serve import images
+from mlp.serve.recognizer import DEFAULT_URI, NoModel, Recognizer, resolve, use_tracking
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +57,14 @@ class Champion:
     another version, dropped (503) when it is gone, loaded once there is one again."""
 
     def __init__(self, uri: str, tracking_uri: str | None, recheck: float = 1.0):
-        self.uri, self.tracking_uri, self.recheck = uri, registry.use_tracking(tracking_uri), recheck
-        self.recognizer: registry.Recognizer | None = None
+        self.uri, self.tracking_uri, self.recheck = uri, use_tracking(tracking_uri), recheck
+        self.recognizer: Recognizer | None = None
         self.problem = ""
         self.checked = -math.inf  # time.monotonic() of the last look at the registry
         self.lock = threading.Lock()
         self.get()
 
-    def get(self) -> registry.Recognizer | None:
+    def get(self) -> Recognizer | None:
         if time.monotonic() - self.checked < self.recheck:
             return self.recognizer
         # While another request reloads, the others go on with the model they have (none: they wait).
@@ -78,10 +81,10 @@ class Champion:
     def refresh(self) -> None:
         """Look at the registry now: load, reload or drop the model as the URI says."""
         try:
-            if self.recognizer is not None and registry.resolve(self.uri, self.tracking_uri) == self.recognizer.version:
+            if self.recognizer is not None and resolve(self.uri, self.tracking_uri) == self.recognizer.version:
                 return
-            self.recognizer = registry.Recognizer(self.uri, self.tracking_uri)
-        except registry.NoModel as e:  # gone, or not there yet
+            self.recognizer = Recognizer(self.uri, self.tracking_uri)
+        except NoModel as e:  # gone, or not there yet
             self.recognizer, self.problem = None, str(e)
         except Exception as e:  # noqa: BLE001 - a busy or damaged store: keep serving the model loaded, if any
             log.warning("cannot check the registry for %s: %s", self.uri, first_line(e))
@@ -127,10 +130,10 @@ async def image_bytes(request: Request) -> bytes:
         await form.close()
 
 
-def create_app(model_uri: str = registry.DEFAULT_URI, tracking_uri: str | None = None) -> FastAPI:
+def create_app(model_uri: str = DEFAULT_URI, tracking_uri: str | None = None) -> FastAPI:
     app = FastAPI(title="MNIST digit recognizer", docs_url=None, redoc_url=None)
     champion = Champion(model_uri, tracking_uri)
-    page = resources.files("mlp").joinpath("page.html").read_text()
+    page = resources.files("mlp.serve").joinpath("page.html").read_text()
 
     @app.exception_handler(RequestError)
     async def request_error(request: Request, e: RequestError) -> JSONResponse:
@@ -197,9 +200,10 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="The digit recognizer as a local web app.", epilog=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m mlp.serve", description="The digit recognizer as a local web app.",
+                                     epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--model", default=registry.DEFAULT_URI, help="model URI (default: %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_URI, help="model URI (default: %(default)s)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=port_number, default=8000, help="port, 1-65535 (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -209,15 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    import torch
-    import uvicorn
-
     torch.set_num_threads(1)  # one small image at a time: more threads only add hand-over time
     app = create_app(args.model)
     print(f"digit recognizer: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

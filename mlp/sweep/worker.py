@@ -1,0 +1,360 @@
+"""The sweep worker: asks Optuna for trials, launches them through Hydra's launcher, tells
+Optuna how they ended. One worker is one `python train.py -m hydra/sweeper=optuna`; any number
+of them, on one machine or many, join one study through its storage URL.
+
+What a worker does, in order:
+1. checks everything it was given before it writes anything (mlp.sweep.settings.Plan);
+2. creates the study, or joins it (mlp.sweep.study): whichever worker creates it records the
+   study's fixed config (everything not searched), opens the study's one MLflow parent run, and
+   enqueues the base config and the winner file's configuration as the first trials;
+3. runs ``n_trials`` trials, ``n_jobs`` at a time (ask -> launch -> tell, in ``run_batch``), each
+   sampled with a seed of its own (mlp.sweep.sampler). While trials run the worker
+   records Optuna's heartbeat for them; before each ask it fails the trials whose worker
+   stopped sending one (any machine), ends their MLflow runs KILLED, and Optuna's
+   ``RetryHeartbeatStaleTrialCallback`` enqueues their configuration once more;
+4. before it ends, it runs retries that are still waiting and waits (at most one grace period)
+   for trials of workers that may have died; then it logs the leaderboard and Optuna's plots to
+   the parent run, updates the study's winner file if the best trial changed, and ends the
+   parent run when no trial of the study is running any more.
+
+A trial's MLflow run is created here, nested under the parent, and its id stored on the Optuna
+trial (``protocol.ATTR_RUN_ID``); the job resumes that run. Everything Optuna- or
+MLflow-specific goes through public APIs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig
+
+from mlp.errors import UserError, first_line
+from mlp.sweep import protocol, report
+from mlp.sweep.export import WinnerKept, update_winner
+from mlp.sweep.settings import Plan
+from mlp.sweep.study import Joined, end_run, join
+
+log = logging.getLogger(__name__)
+# Heartbeats, their stale-trial callback and fail_stale_trials are "experimental" in Optuna 5
+# (since 2.8); they are what Optuna offers for dead workers, and this project pins Optuna.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+COMPLETE, PRUNED, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL
+RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
+MAX_DUPLICATE_ASKS = 20  # proposals of configurations the study already has, before it counts as exhausted
+
+
+def run_worker(config: DictConfig, launcher: Any, arguments: list[str]) -> None:
+    """One worker's whole part in its study: plan, join, run (what ``-m`` with our sweeper does)."""
+    plan = Plan.of(config, arguments)
+    with quiet_optuna():
+        Worker(plan, join(plan, config), config, launcher).run()
+
+
+class Heartbeat:
+    """Records Optuna's heartbeat for the trials this worker has in flight, every ``interval`` s."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage, trial_ids: list[int], interval: float):
+        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.beat, name="optuna-heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        while True:
+            for trial_id in self.trial_ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as e:  # noqa: BLE001 - a blip of the database: the next beat retries
+                    log.warning("heartbeat of trial id %d not recorded: %s", trial_id, first_line(e))
+            if self.stopped.wait(self.interval):
+                return
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+class Worker:
+    """One worker's part of a study (see the module docstring); all its state is set here."""
+
+    def __init__(self, plan: Plan, joined: Joined, config: DictConfig, launcher: Any):
+        self.plan, self.joined, self.config, self.launcher = plan, joined, config, launcher
+        self.study, self.client = joined.study, joined.client
+        self.job_idx = 0  # Hydra's job index of the next launch
+        self.mine: list[int] = []  # numbers of the trials this worker ran
+        self.failures = 0  # of those, how many failed
+        log.info(
+            "study %s (%s): %s; this worker runs %d trial(s), %d at a time; MLflow parent run %s",
+            plan.study_name, plan.storage or "in memory",
+            "created" if joined.created else f"joined ({len(self.study.trials)} trials so far)",
+            plan.n_trials, plan.n_jobs, joined.parent_id,
+        )  # fmt: skip
+
+    # -- the worker's life -----------------------------------------------------------------
+
+    def run(self) -> None:
+        status = "FAILED"
+        try:
+            self.run_trials()
+            self.settle()
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            self.finish(status)
+
+    def run_trials(self) -> None:
+        """``n_trials`` trials, ``n_jobs`` at a time, until the timeout; stop when too many fail."""
+        done, settings = 0, self.plan.settings
+        deadline = time.monotonic() + float(settings.timeout or math.inf)
+        while done < self.plan.n_trials:
+            if time.monotonic() > deadline:
+                log.info("timeout of %s s reached after %d trial(s): no new trial started", settings.timeout, done)
+                return
+            self.fail_stale()
+            size = min(self.plan.n_jobs, self.plan.n_trials - done)
+            self.run_batch(size)
+            done += size
+            if self.failures / done > float(settings.max_failure_rate):
+                raise UserError(
+                    f"{self.failures} of this worker's {done} trials failed, more than max_failure_rate "
+                    f"{settings.max_failure_rate}: stopping (see each trial's {protocol.FAILURE} in MLflow)"
+                )
+
+    def run_batch(self, size: int) -> None:
+        """Ask -> launch -> tell for ``size`` trials at once."""
+        asked = [self.ask(slot) for slot in range(size)]
+        trials = [t for t, _ in asked]
+        self.mine += [t.number for t in trials]
+        with self.heartbeat(trials):
+            try:
+                returns = self.launcher.launch([o for _, o in asked], initial_job_idx=self.job_idx)
+            except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or the launcher broke
+                interrupted = isinstance(e, KeyboardInterrupt)
+                reason = "interrupted" if interrupted else f"launcher failed: {first_line(e)}"
+                for trial in trials:
+                    self.end_trial(trial, reason, killed=interrupted)
+                raise
+        self.job_idx += len(returns)
+        for trial, ret in zip(trials, returns, strict=True):
+            self.tell(trial, ret)
+
+    # -- ask ---------------------------------------------------------------------------------
+
+    def ask(self, slot: int) -> tuple[optuna.trial.Trial, list[str]]:
+        """A new trial (or a waiting one: a reference config, a retry), its MLflow run, its overrides."""
+        for attempt in range(MAX_DUPLICATE_ASKS):
+            trial = self.new_trial()
+            frozen = self.joined.storage.get_trial(self.trial_id(trial))
+            retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+            twin = None if retry_of is not None else self.same_config(frozen)
+            if twin is None:
+                break
+            # The sampler proposed a configuration the study already has: skip it and ask again,
+            # unless the search space looks exhausted (then the repeat runs).
+            if attempt < MAX_DUPLICATE_ASKS - 1:
+                trial.set_user_attr(protocol.ATTR_FAILURE, f"{protocol.DUPLICATE} trial {twin}: not run")
+                self.study.tell(trial, state=FAIL)
+                continue
+            log.warning("trial %d repeats trial %d: the search space looks exhausted", trial.number, twin)
+        run_id = self.open_run(trial, retry_of)
+        return trial, [*self.plan.space.overrides(trial.params), *self.job_overrides(trial, run_id, slot)]
+
+    def new_trial(self) -> optuna.trial.Trial:
+        """Optuna's next trial with its parameters suggested, its first heartbeat recorded at once
+        (a trial with no heartbeat is never found dead)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we record it
+            trial = self.study.ask()
+        if self.joined.rdb is not None:
+            self.joined.rdb.record_heartbeat(self.trial_id(trial))
+        self.plan.space.suggest(trial)
+        if self.plan.extend is not None:
+            self.plan.extend(self.config, trial)
+        return trial
+
+    def same_config(self, trial: optuna.trial.FrozenTrial) -> int | None:
+        """The number of an earlier trial with the same parameters that ran or runs, if any."""
+        for other in self.study.get_trials(deepcopy=False, states=(COMPLETE, PRUNED, FAIL, RUNNING)):
+            skipped = other.user_attrs.get(protocol.ATTR_FAILURE, "").startswith(protocol.DUPLICATE)
+            if other.number != trial.number and other.params == trial.params and not skipped:
+                return other.number
+        return None
+
+    def open_run(self, trial: optuna.trial.Trial, retry_of: int | None) -> str:
+        """The trial's MLflow run under the study's parent, its id and the job's needs on the trial."""
+        tags = {
+            protocol.PARENT_RUN: self.joined.parent_id,
+            protocol.TAG_STUDY: self.plan.study_name,
+            protocol.TAG_TRIAL: str(trial.number),
+            protocol.TAG_DIR: str(self.config.hydra.sweep.dir),
+        }
+        if retry_of is not None:
+            tags[protocol.TAG_RETRY_OF] = str(retry_of)
+        run = self.client.create_run(self.joined.experiment_id, run_name=f"trial-{trial.number:03d}", tags=tags)
+        trial.set_user_attr(protocol.ATTR_RUN_ID, run.info.run_id)
+        trial.set_user_attr(protocol.ATTR_WORKER, f"{os.uname().nodename}:{os.getpid()}")
+        if self.plan.pruner_spec is not None:
+            trial.set_user_attr(protocol.ATTR_PRUNER, self.plan.pruner_spec)  # the job reads it from the storage
+        return run.info.run_id
+
+    def job_overrides(self, trial: optuna.trial.Trial, run_id: str, slot: int) -> list[str]:
+        """What tells the job which trial it is; parallel trials share the cores, recorded in the
+        trial's config so that model=best reruns the winner with the same arithmetic."""
+        parallel = self.plan.n_jobs > 1
+        storage = self.plan.storage if self.joined.rdb is not None else None
+        overrides = protocol.trial_overrides(
+            self.plan.study_name, trial.number, run_id, storage, slot if parallel else None
+        )
+        if parallel and self.config.trainer.threads == 0:
+            overrides.append(f"{protocol.THREADS}={max(1, (os.cpu_count() or 1) // self.plan.n_jobs)}")
+        return overrides
+
+    def trial_id(self, trial: optuna.trial.Trial) -> int:
+        return self.joined.storage.get_trial_id_from_study_id_trial_number(self.joined.study_id, trial.number)
+
+    def heartbeat(self, trials: list[optuna.trial.Trial]) -> contextlib.AbstractContextManager:
+        if self.joined.rdb is None:
+            return contextlib.nullcontext()
+        return Heartbeat(self.joined.rdb, [self.trial_id(t) for t in trials], self.plan.heartbeat_interval)
+
+    # -- tell --------------------------------------------------------------------------------
+
+    def tell(self, trial: optuna.trial.Trial, ret: Any) -> None:
+        try:
+            value = float(ret.return_value)
+        except Exception as e:  # noqa: BLE001 - whatever the job raised fails this trial only
+            self.end_trial(trial, f"{type(e).__name__}: {e}")
+            log.warning("trial %d failed: %s", trial.number, first_line(e))
+            return
+        if not math.isfinite(value):
+            self.end_trial(trial, f"objective {value}")
+            return
+        pruned_at = self.joined.storage.get_trial(self.trial_id(trial)).user_attrs.get(protocol.ATTR_PRUNED_AT)
+        if pruned_at is not None:  # its job stopped when the pruner said so: value = last report
+            self.study.tell(trial, state=PRUNED, skip_if_finished=True)
+            log.info("trial %d: pruned after epoch %d (val acc %.4f)", trial.number, pruned_at, value)
+            return
+        self.study.tell(trial, value, skip_if_finished=True)
+        log.info(
+            "trial %d: val acc %.4f  %s", trial.number, value, " ".join(f"{k}={v}" for k, v in trial.params.items())
+        )
+
+    def end_trial(self, trial: optuna.trial.Trial, reason: str, killed: bool = False) -> None:
+        """FAIL in Optuna, FAILED (or KILLED) in MLflow, with the reason in both."""
+        self.failures += 1
+        with contextlib.suppress(Exception):
+            trial.set_user_attr(protocol.ATTR_FAILURE, reason[:1000])
+        with contextlib.suppress(Exception):
+            self.study.tell(trial, state=FAIL, skip_if_finished=True)
+        end_run(self.client, trial.user_attrs.get(protocol.ATTR_RUN_ID), "KILLED" if killed else "FAILED", reason)
+
+    def fail_stale(self) -> None:
+        if self.joined.rdb is not None:
+            optuna.storages.fail_stale_trials(self.study)
+
+    def count(self, *states: optuna.trial.TrialState, others: bool = False) -> int:
+        trials = self.study.get_trials(deepcopy=False, states=states)
+        return sum(1 for t in trials if not others or t.number not in self.mine)
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def settle(self) -> None:
+        """Leave nothing behind: run retries still waiting, and give trials of other workers
+        that may have died one grace period to be failed (and retried here)."""
+        if self.joined.rdb is None:
+            return
+        patience = self.plan.grace + 2 * self.plan.heartbeat_interval
+        deadline, said = time.monotonic() + patience, False
+        while True:
+            self.fail_stale()
+            if self.count(WAITING):
+                self.run_batch(min(self.plan.n_jobs, self.count(WAITING)))
+                deadline = time.monotonic() + patience
+                continue
+            others = self.count(RUNNING, others=True)
+            if not others or time.monotonic() > deadline:
+                return
+            if not said:
+                log.info("waiting up to %.0f s for %d trial(s) of other workers (a dead worker's are retried here)",
+                         deadline - time.monotonic(), others)  # fmt: skip
+                said = True
+            time.sleep(min(self.plan.heartbeat_interval, 2.0))
+
+    def finish(self, status: str) -> None:
+        """Report to the parent run, update the winner file, end the parent if the study is idle:
+        KILLED when interrupted (here too), FAILED when the sweep or this step failed."""
+        try:
+            best = self.report_and_export()
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException:
+            status = "FAILED" if status == "FINISHED" else status
+            raise
+        finally:
+            self.end_parent(status)
+        if status == "FINISHED" and best is None:
+            states = [t.state.name for t in self.study.get_trials(deepcopy=False)]
+            raise UserError(
+                f"no trial of study {self.plan.study_name!r} completed ({states.count('FAIL')} failed, "
+                f"{states.count('PRUNED')} pruned): there is no best trial; see each trial's {protocol.FAILURE} "
+                "in MLflow, then run more trials (hydra.sweeper.n_trials) or a gentler pruner"
+            )
+
+    def report_and_export(self) -> optuna.trial.FrozenTrial | None:
+        """The study's report on its parent run, and its best trial to the winner file; the best trial."""
+        parent_id, settings = self.joined.parent_id, self.plan.settings
+        try:
+            report.report(self.study, self.client, parent_id)
+        except Exception as e:  # noqa: BLE001 - a report that cannot be drawn must not lose the winner below
+            log.warning("the study's report (leaderboard, plots) was not logged: %s", first_line(e))
+        best = report.best_trial(self.study)
+        if best is not None and settings.best_config:
+            try:
+                update_winner(
+                    self.study, best, self.client, parent_id, settings.best_config, bool(settings.replace_winner)
+                )
+            except WinnerKept as kept:
+                log.warning("%s", kept)
+                self.client.set_tag(parent_id, protocol.PARENT_WINNER_KEPT, kept.tag)
+        return best
+
+    def end_parent(self, status: str) -> None:
+        """End the study's parent run with ``status`` unless a trial of the study still runs or
+        waits (another worker's: that worker ends it)."""
+        try:
+            busy = self.count(RUNNING, WAITING)
+        except Exception as e:  # noqa: BLE001 - the storage is gone: the parent must not stay RUNNING
+            log.warning("the study's trials could not be counted (%s): its parent run ends %s", first_line(e), status)
+            busy = 0
+        if not busy:
+            try:
+                self.client.set_terminated(self.joined.parent_id, status)
+            except Exception as e:  # noqa: BLE001 - the tracking store is gone: say so, keep the error under way
+                log.warning("MLflow parent run %s not ended %s: %s", self.joined.parent_id, status, first_line(e))
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs each tell at INFO; the worker logs its own line per trial."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
