@@ -25,9 +25,9 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow" $(ARGS)
 
-# Browse the runs: http://127.0.0.1:5000
+# Browse the runs: http://127.0.0.1:5000 (ARGS="--port 5001" etc.); one server worker, enough for one user.
 ui: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --workers 1 $(ARGS)
 
 # The digit recognizer: a page to draw on and a JSON API (POST /predict) at http://127.0.0.1:8000,
 # serving models:/mnist-mlp@champion (made by `python train.py model=best`); ARGS="--port 8001" etc.

@@ -90,3 +90,21 @@ def test_an_unusable_save_input_folder_is_refused_before_any_image_is_read(tmp_p
     assert len(done.stderr.strip().splitlines()) == 1
     assert done.stderr.startswith(f"error: --save-input='{target}' is not accepted: expected a writable folder")
     assert (tmp_path / "taken").read_text() == "mine"
+
+
+def test_the_readmes_example_runs_as_written(champion: dict) -> None:
+    """The README's `$ python predict.py samples/...` block, run verbatim from the repository
+    root on the shipped samples: the same lines, the same digits and status (the percentages
+    shown are the shipped champion's; the session's small champion gives its own)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("$ python predict.py samples/"))
+    command = lines[start].strip()[2:].split()
+    shown = [line.strip() for line in lines[start + 1 : start + 5]]
+    done = subprocess.run([sys.executable, *command[1:]], env=champion["env"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 1
+    got = done.stdout.strip().splitlines() + done.stderr.strip().splitlines()
+    pattern = re.compile(r"(\S+): (\d) \(\d+\.\d%\), runner-up \d \(\d+\.\d%\)")
+    read = [pattern.fullmatch(line) for line in got[:2]]
+    assert all(read) and [m.group(1, 2) for m in read] == [pattern.fullmatch(line).group(1, 2) for line in shown[:2]]
+    assert got[2:] == shown[2:]  # the file that is no image, and the summary, word for word

@@ -377,6 +377,11 @@ def opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path):
     return sweep, best
 
 
+def test_a_new_study_names_its_objective(opened) -> None:
+    sweep, _ = opened
+    assert sweep.study.metric_names == ["val_acc"]  # what optuna-dashboard shows instead of "Objective 0"
+
+
 def test_interrupted_while_writing_the_report_ends_the_parent_killed(opened, monkeypatch: pytest.MonkeyPatch) -> None:
     sweep, best = opened
     before = sha256(best)

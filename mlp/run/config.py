@@ -212,7 +212,15 @@ def validate(cfg: DictConfig) -> None:
     from mlp.run.tracking import check_tracking_dir  # MLflow takes seconds to load: only when a run is checked
 
     _check_keys(cfg)
-    m, o, t, d = cfg.model, cfg.optimizer, cfg.trainer, cfg.data
+    _check_model_and_optimizer(cfg)
+    _check_trainer_and_tracking(cfg)
+    pool = _check_data(cfg)
+    _check_memory(cfg, pool)
+    check_tracking_dir(cfg.tracking)  # the store's own checks come when the run opens it
+
+
+def _check_model_and_optimizer(cfg: DictConfig) -> None:
+    m, o = cfg.model, cfg.optimizer
     _check(cfg, "model.num_layers", m.num_layers >= 1, "an integer >= 1")
     _check(cfg, "model.layer_size", m.layer_size >= 1, "an integer >= 1")
     _check(cfg, "model.dropout", 0 <= m.dropout < 1, "a probability in [0, 1)")
@@ -230,6 +238,10 @@ def validate(cfg: DictConfig) -> None:
     if "momentum" in o:
         _check(cfg, "optimizer.momentum", 0 <= o.momentum < 1, "a number in [0, 1)")
         _check(cfg, "optimizer.nesterov", not (o.nesterov and o.momentum == 0), "false when optimizer.momentum=0")
+
+
+def _check_trainer_and_tracking(cfg: DictConfig) -> None:
+    t = cfg.trainer
     _check(cfg, "trainer.epochs", t.epochs >= 1, "an integer >= 1")
     _check(cfg, "trainer.seed", 0 <= t.seed < 2**63, "an integer from 0 to 2**63 - 1")
     _check(cfg, "trainer.batch_size", t.batch_size >= 1, "an integer >= 1")
@@ -254,6 +266,11 @@ def validate(cfg: DictConfig) -> None:
         re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", cfg.tracking.registered_model) is not None,
         "a name of letters, digits, '_', '.', '-' (models:/<name>@champion)",
     )
+
+
+def _check_data(cfg: DictConfig) -> int:
+    """The data group's values in range; returns the number of training images it draws from."""
+    d = cfg.data
     kind = "synthetic" if "num_train" in d else "mnist"
     _check(cfg, "data.name", d.name == kind, f"{kind!r} for this data group (choose another with data=...)")
     pool = pool_size(d.name, d.get("num_train", 0))
@@ -264,8 +281,7 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg, "data.max_rotation", 0 <= d.max_rotation <= 45, "degrees from 0 (off) to 45")
     _check(cfg, "data.max_scale", 0 <= d.max_scale < 0.5, "a fraction from 0 (off) to below 0.5")
     _check(cfg, "data.val_size", 1 <= d.val_size < pool, f"an integer from 1 to {pool - 1} ({pool} training images)")
-    _check_memory(cfg, pool)
-    check_tracking_dir(cfg.tracking)  # the store's own checks come when the run opens it
+    return pool
 
 
 def _machine_memory(device: str) -> tuple[int, str] | None:

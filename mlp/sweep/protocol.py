@@ -52,6 +52,7 @@ ATTR_REFERENCE = "reference"  # an enqueued reference point (the base config, an
 DUPLICATE = "duplicate of"  # how ATTR_FAILURE starts on a skipped repeat of an earlier configuration
 
 # -- Optuna study attributes, recorded by the worker that created the study ----------------------
+OBJECTIVE = "val_acc"  # the study's metric name (train.py returns the validation accuracy): dashboards show it
 STUDY_FIXED_CONFIG = "fixed_config"  # everything not searched: joining workers must match it
 STUDY_TRACKING_URI = "mlflow_tracking_uri"  # where its MLflow runs are
 STUDY_PARENT_RUN = "mlflow_parent_run_id"  # its one MLflow parent run

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from mlp.sweep.settings import Plan, fixed_config
 from mlp.sweep.storage import STORAGE_CHOICES, check_storage, open_storage
 
 log = logging.getLogger(__name__)
+# Heartbeats, their stale-trial callback and fail_stale_trials and metric names are "experimental" in Optuna 5
+# (since 2.8); they are what Optuna offers for dead workers, and this project pins Optuna.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 JOIN_WAIT = 60  # seconds a joining worker waits for the study's creator to record its parent run
 
 
@@ -121,6 +125,7 @@ def _create_parent(
             protocol.TAG_STORAGE: str(plan.storage),
         },
     )
+    study.set_metric_names([protocol.OBJECTIVE])  # optuna-dashboard and Optuna's plots name it
     study.set_user_attr(protocol.STUDY_FIXED_CONFIG, fixed)
     study.set_user_attr(protocol.STUDY_TRACKING_URI, uri)
     study.set_user_attr(protocol.STUDY_PARENT_RUN, parent.info.run_id)

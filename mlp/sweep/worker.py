@@ -44,9 +44,6 @@ from mlp.sweep.settings import Plan
 from mlp.sweep.study import Joined, end_run, join
 
 log = logging.getLogger(__name__)
-# Heartbeats, their stale-trial callback and fail_stale_trials are "experimental" in Optuna 5
-# (since 2.8); they are what Optuna offers for dead workers, and this project pins Optuna.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 COMPLETE, PRUNED, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL
 RUNNING, WAITING = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING
