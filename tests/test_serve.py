@@ -1,8 +1,9 @@
-"""The web app's JSON API, over real HTTP: predictions, health, and every bad request a 4xx
-JSON error that leaves the server running."""
+"""The web app's JSON API, over real HTTP: predictions with their runner-up, doubt and pieces of
+ink, health, and every bad request a 4xx JSON error that leaves the server running."""
 
 from __future__ import annotations
 
+import io
 import socket
 import subprocess
 import sys
@@ -18,8 +19,9 @@ import requests
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from mlp.run import data
 from mlp.run.experiment import run
-from mlp.serve import images
+from mlp.serve import app, images
 from tests.helpers import ROOT, subprocess_env
 from tests.test_images import drawn_seven, encoded
 from tests.web import running_app
@@ -37,6 +39,74 @@ def test_predict_a_photo_as_a_form_file_or_a_raw_body(web_app: str, digit_photos
             assert len(body["probabilities"]) == 10 and sum(body["probabilities"]) == pytest.approx(1, abs=1e-5)
             assert max(body["probabilities"]) == body["probabilities"][label]
             assert len(body["image"]) == 28 and {len(row) for row in body["image"]} == {28}  # what the model read
+
+
+def mnist_tests() -> tuple[np.ndarray, np.ndarray]:
+    _, _, test_x, test_y = data.read_mnist(ROOT / "data")
+    return test_x.numpy(), test_y.numpy()
+
+
+def as_png(digit: np.ndarray, scale: int = 8) -> bytes:
+    """An MNIST-style image (light on dark) as a larger PNG of dark ink on white paper."""
+    img = Image.fromarray(255 - digit.astype(np.uint8))
+    out = io.BytesIO()
+    img.resize((img.width * scale, img.height * scale), Image.Resampling.BICUBIC).save(out, "PNG")
+    return out.getvalue()
+
+
+def side_by_side(a: np.ndarray, b: np.ndarray) -> bytes:
+    """Two MNIST digits written side by side ("12"), as one picture."""
+    return as_png(np.concatenate([a, b], axis=1))
+
+
+def an_unsure_reading(url: str) -> tuple[bytes, dict]:
+    """A picture the served model is unsure of (top probability under app.UNSURE_BELOW), and its answer:
+    the first half-and-half blend of two MNIST test digits of different labels that the model finds
+    ambiguous, looked for through the API so that it holds for the model served."""
+    test_x, test_y = mnist_tests()
+    for i in range(0, 400, 2):
+        if test_y[i] == test_y[i + 1]:
+            continue
+        picture = as_png((test_x[i].astype(np.float32) + test_x[i + 1]) / 2)
+        answer = requests.post(f"{url}/predict", data=picture, timeout=30).json()
+        if answer["unsure"] and answer["pieces"] == 1:
+            return picture, answer
+    pytest.fail("no blend of two test digits left the model unsure")
+
+
+def check_runner_up(body: dict) -> None:
+    """The runner-up is the second most probable digit, and "unsure" follows the stated threshold."""
+    probs, second = body["probabilities"], body["runner_up"]
+    assert second["digit"] != body["digit"] and 0 <= second["digit"] <= 9
+    assert second["probability"] == sorted(probs)[-2] == probs[second["digit"]] <= probs[body["digit"]]
+    assert body["unsure"] is (probs[body["digit"]] < app.UNSURE_BELOW)
+
+
+def test_the_answer_names_the_runner_up_doubt_and_pieces_of_ink(web_app: str, digit_photos: list) -> None:
+    post = f"{web_app}/predict"
+    for path, label in digit_photos:  # one digit each: one piece
+        body = requests.post(post, data=path.read_bytes(), timeout=30).json()
+        assert (body["digit"], body["pieces"]) == (label, 1), (path.name, body["pieces"])
+        check_runner_up(body)
+
+    test_x, test_y = mnist_tests()
+    for i in range(0, 10, 2):  # "12" written side by side: two pieces
+        body = requests.post(post, data=side_by_side(test_x[i], test_x[i + 1]), timeout=30).json()
+        assert body["pieces"] == 2, (test_y[i], test_y[i + 1], body["pieces"])
+        check_runner_up(body)
+
+    picture, answer = an_unsure_reading(web_app)
+    body = requests.post(post, files={"file": ("blend.png", picture)}, timeout=30).json()
+    assert body == answer and body["unsure"] and body["probabilities"][body["digit"]] < app.UNSURE_BELOW
+    check_runner_up(body)
+
+
+def test_the_page_and_docs_state_the_servers_threshold() -> None:
+    page = (ROOT / "mlp" / "serve" / "page.html").read_text()
+    docs = (ROOT / "docs" / "recognizer.md").read_text()
+    assert f"const UNSURE_BELOW = {app.UNSURE_BELOW:.2f};" in page
+    assert f"A reading under {app.UNSURE_BELOW:.0%} is marked unsure" in page
+    assert f"`unsure` is true when the top probability is under {app.UNSURE_BELOW:.0%}" in docs
 
 
 def test_health_names_the_model(web_app: str) -> None:

@@ -15,6 +15,7 @@ the centre; a light digit on a dark ground. Before that, a photo needs its ink f
    largest stroke are dropped; the ink keeps its grey levels (anti-aliased edges).
 
 predict.py, the web app (mlp/serve/app.py) and benchmarks/recognizer.py all call ``load_digit``.
+``pieces`` counts the separate pieces of ink in its 28x28 answer (the web app says when there are several).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ GROUND_SIDE = 64  # longest side of the copy the ground (paper, light) is estima
 MIN_CONTRAST = 40  # ink must stand this far (of 255) above the ground somewhere, or the image is blank
 WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow's modes of grey deeper than 8 bits
 SPECK = 0.08  # pieces of ink smaller than this fraction of the largest piece are noise
+PIECE_INK = 32  # in a 28x28 image, ink at least this strong (of 255) belongs to a piece; fainter is a soft edge
 
 
 class ImageError(UserError):
@@ -207,6 +209,17 @@ def mnist_frame(ink: np.ndarray) -> np.ndarray:
     field = np.zeros((28, 28), dtype=np.float32)
     field[top : top + size[1], left : left + size[0]] = digit
     return np.round(field).astype(np.uint8)
+
+
+def pieces(digit: np.ndarray) -> int:
+    """How many separate pieces of ink a 28x28 image holds: 1 for one digit, 2 for "12" written side by
+    side. Pieces are 8-connected pixels of ink of at least ``PIECE_INK`` (the soft edges would join
+    close ones); specks, under ``SPECK`` of the largest piece, are noise here as in ``ink_map``."""
+    labels, count = ndimage.label(digit >= PIECE_INK, structure=np.ones((3, 3)))
+    if count == 0:
+        return 0
+    sizes = np.bincount(labels.ravel())[1:]
+    return int((sizes >= SPECK * sizes.max()).sum())
 
 
 def load_digit(source: str | Path | bytes) -> np.ndarray:
