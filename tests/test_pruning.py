@@ -78,7 +78,8 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep(monkeypatch: py
     overrides = [
         "hydra/sweeper=optuna", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=7",
         "hydra.sweeper.direction=minimize", "hydra.sweeper.storage=null", "hydra.sweeper.study_name=other",
-        "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=4", "hydra.sweeper.max_failure_rate=0.25",
+        "hydra.sweeper.n_trials=3", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=4",
+        "hydra.sweeper.max_failure_rate=0.25",
         "hydra.sweeper.custom_search_space=tests.test_pruning.batch_sizes",
     ]  # fmt: skip
     with initialize_config_dir(config_dir=CONF):

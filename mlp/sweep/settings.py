@@ -51,6 +51,9 @@ _MISSING = object()
 # Launchers that run trials on this machine: more trials at a time than cores would only queue
 # (joblib with hundreds of workers hangs); a cluster's launcher (SLURM) is not bound by them.
 LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
+PARALLEL_LAUNCHERS = (
+    "for trials at once choose hydra/launcher=joblib (this machine), submitit_local or slurm (hydra-submitit-launcher)"
+)
 
 
 def trials_at_a_time(value: Any, key: str, local: bool) -> int:
@@ -86,10 +89,13 @@ def check_settings(config: DictConfig) -> int:
     if s.best_config is not None and (problem := winner_path_problem(Path(s.best_config))) is not None:
         check("best_config", False, f"a file path in a writable folder, or null for no winner file ({problem})")
     launcher = config.hydra.get("launcher") or {}
-    local = str(launcher.get("_target_", "")).rsplit(".", 1)[-1] in LOCAL_LAUNCHERS
+    kind = str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
     if "n_jobs" in launcher:
-        trials_at_a_time(launcher.n_jobs, "hydra.launcher.n_jobs", local)
-    return trials_at_a_time(s.n_jobs, "hydra.sweeper.n_jobs", local)
+        trials_at_a_time(launcher.n_jobs, "hydra.launcher.n_jobs", kind in LOCAL_LAUNCHERS)
+    n_jobs = trials_at_a_time(s.n_jobs, "hydra.sweeper.n_jobs", kind in LOCAL_LAUNCHERS)
+    if n_jobs > 1 and kind == "BasicLauncher":  # it runs a batch one job after the other: the others would wait
+        check("n_jobs", False, f"1 with Hydra's basic launcher (it runs one trial at a time); {PARALLEL_LAUNCHERS}")
+    return n_jobs
 
 
 def one_direction(value: Any) -> optuna.study.StudyDirection:
