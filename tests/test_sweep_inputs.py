@@ -378,6 +378,11 @@ def opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path):
     return sweep, best
 
 
+def test_parameters_are_shown_at_a_readable_precision() -> None:
+    assert report.shown(0.003996262389277941) == "0.003996" and report.shown(1e-05) == "1e-05"
+    assert report.shown(512) == "512" and report.shown("leaky_relu") == "leaky_relu" and report.shown(0.0) == "0"
+
+
 def test_a_new_study_names_its_objective(opened) -> None:
     sweep, _ = opened
     assert sweep.study.metric_names == ["val_acc"]  # what optuna-dashboard shows instead of "Objective 0"

@@ -26,6 +26,13 @@ SAVE = {"bbox_inches": "tight"}  # Optuna's figures: grow the canvas to hold eve
 RUN_ID_CHUNK = 100  # run ids per MLflow search: a filter string of bounded length
 
 
+def shown(value: object) -> str:
+    """A parameter's value as a person reads it (tags, log lines): floats to 4 significant digits,
+    0.003996 rather than 0.003996262389277941. The exact values stay in the trial, its run's
+    config and the winner file."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 def state_counts(study: optuna.Study) -> dict[str, int]:
     """Trials by state name, e.g. {"COMPLETE": 12, "PRUNED": 3, "FAIL": 1}."""
     counts: dict[str, int] = {}
@@ -209,7 +216,7 @@ def report(study: optuna.Study, client: MlflowClient, parent_id: str) -> None:
         client.log_metric(parent_id, "best/val_acc", best.value)
         client.set_tag(parent_id, f"{protocol.PARENT_BEST}trial", str(best.number))
         for key, value in best.params.items():
-            client.set_tag(parent_id, f"{protocol.PARENT_BEST}{key}", str(value))
+            client.set_tag(parent_id, f"{protocol.PARENT_BEST}{key}", shown(value))
     for path, fig in optuna_figures(study).items():
         client.log_figure(parent_id, fig, path, save_kwargs=SAVE)
         plt.close(fig)

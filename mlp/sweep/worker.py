@@ -248,7 +248,10 @@ class Worker:
             return
         self.study.tell(trial, value, skip_if_finished=True)
         log.info(
-            "trial %d: val acc %.4f  %s", trial.number, value, " ".join(f"{k}={v}" for k, v in trial.params.items())
+            "trial %d: val acc %.4f  %s",
+            trial.number,
+            value,
+            " ".join(f"{k}={report.shown(v)}" for k, v in trial.params.items()),
         )
 
     def end_trial(self, trial: optuna.trial.Trial, reason: str, killed: bool = False) -> None:
