@@ -155,8 +155,7 @@ class Worker:
     def ask(self, slot: int) -> tuple[optuna.trial.Trial, list[str]]:
         """A new trial (or a waiting one: a reference config, a retry), its MLflow run, its overrides."""
         for attempt in range(MAX_DUPLICATE_ASKS):
-            trial = self.new_trial()
-            frozen = self.joined.storage.get_trial(self.trial_id(trial))
+            trial, frozen = self.new_trial()
             retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
             twin = None if retry_of is not None else self.same_config(frozen)
             if twin is None:
@@ -171,18 +170,19 @@ class Worker:
         run_id = self.open_run(trial, retry_of)
         return trial, [*self.plan.space.overrides(trial.params), *self.job_overrides(trial, run_id, slot)]
 
-    def new_trial(self) -> optuna.trial.Trial:
+    def new_trial(self) -> tuple[optuna.trial.Trial, optuna.trial.FrozenTrial]:
         """Optuna's next trial with its parameters suggested, its first heartbeat recorded at once
-        (a trial with no heartbeat is never found dead)."""
+        (a trial with no heartbeat is never found dead); and the trial as stored (retry attributes)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we record it
             trial = self.study.ask()
+        trial_id = self.trial_id(trial)  # one lookup in the storage for both uses below
         if self.joined.rdb is not None:
-            self.joined.rdb.record_heartbeat(self.trial_id(trial))
+            self.joined.rdb.record_heartbeat(trial_id)
         self.plan.space.suggest(trial)
         if self.plan.extend is not None:
             self.plan.extend(self.config, trial)
-        return trial
+        return trial, self.joined.storage.get_trial(trial_id)
 
     def same_config(self, trial: optuna.trial.FrozenTrial) -> int | None:
         """The number of an earlier trial with the same parameters that ran or runs, if any."""
@@ -213,7 +213,7 @@ class Worker:
         """What tells the job which trial it is; parallel trials share the cores, recorded in the
         trial's config so that model=best reruns the winner with the same arithmetic."""
         parallel = self.plan.n_jobs > 1
-        storage = self.plan.storage if self.joined.rdb is not None else None
+        storage = self.plan.storage  # None: in memory, nothing for a job to report to
         overrides = protocol.trial_overrides(
             self.plan.study_name, trial.number, run_id, storage, slot if parallel else None
         )
