@@ -80,6 +80,21 @@ def test_each_schedule_config_makes_its_learning_rate_curve(schedule: str, expec
     assert expected(lrs), lrs[:3] + lrs[-3:]
 
 
+@pytest.mark.parametrize("total_steps", [1, 2, 4, 8])
+def test_a_one_cycle_of_a_few_steps_still_rises_and_falls(total_steps: int) -> None:
+    """warmup 0.25 of 4 steps is one step, where torch's OneCycleLR divides by zero."""
+    from mlp.run import training
+
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    scheduler = training.onecycle(optimizer, total_steps=total_steps, warmup=0.25)
+    lrs = []
+    for _ in range(total_steps):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert all(0 < lr <= 0.1 for lr in lrs) and lrs[-1] < 0.1 + 1e-12
+
+
 def test_recognizer_takes_pixels_in_every_form_and_returns_probabilities() -> None:
     from mlp.run.data import MEAN, STD
     from mlp.run.model import DigitRecognizer

@@ -48,6 +48,8 @@ def make_schedule(spec: Any, optimizer: torch.optim.Optimizer, total_steps: int)
 def onecycle(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float) -> LRScheduler:
     """Rise to the optimizer's lr over the first ``warmup`` of the steps, then anneal."""
     peak = optimizer.param_groups[0]["lr"]
+    if warmup * total_steps == 1:  # torch divides by the warm-up's length in steps minus one: half a step more
+        warmup = 1.5 / total_steps
     return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=warmup)
 
 
