@@ -68,6 +68,35 @@ def test_nesterov_needs_momentum() -> None:
     validate(compose_cfg(["optimizer=sgd", "optimizer.momentum=0", "optimizer.nesterov=false"]))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data.elastic_alpha=-1"], "data.elastic_alpha=-1.0 is not accepted: expected pixels, a finite number >= 0"),
+        (["data.elastic_alpha=inf"], "data.elastic_alpha=inf is not accepted: expected pixels, a finite number >= 0"),
+        (
+            ["data.elastic_alpha=34", "data.elastic_sigma=0"],
+            "data.elastic_sigma=0.0 is not accepted: expected pixels, a number > 0 and at most 28 "
+            "when data.elastic_alpha > 0",
+        ),
+        (
+            ["data=synthetic", "data.elastic_alpha=34", "data.elastic_sigma=-2"],
+            "data.elastic_sigma=-2.0 is not accepted",
+        ),
+    ],
+)
+def test_bad_elastic_settings_are_one_line(overrides: list[str], expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate(compose_cfg(overrides))
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+
+
+def test_elastic_settings_off_and_on_validate() -> None:
+    cfg = compose_cfg([])
+    assert (cfg.data.elastic_alpha, cfg.data.elastic_sigma) == (0, 4)  # off by default: runs reproduce
+    validate(compose_cfg(["data.elastic_sigma=0"]))  # unused while alpha is 0
+    validate(compose_cfg(["data.elastic_alpha=34", "data.elastic_sigma=4", "model=best"]))
+
+
 def test_synthetic_val_size_is_checked_against_its_own_size() -> None:
     with pytest.raises(ConfigError, match=r"data.val_size.*1 to 599"):
         validate(compose_cfg(["data=synthetic", "data.val_size=600"]))

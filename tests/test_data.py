@@ -217,9 +217,156 @@ def test_random_affine_moves_each_image_its_own_way_and_keeps_the_background() -
         ({"max_shift": 2, "max_rotation": 0, "max_scale": 0.0}, data.RandomShift),  # exact pixel shifts
         ({"max_shift": 2, "max_rotation": 10, "max_scale": 0.0}, data.RandomAffine),
         ({"max_shift": 0, "max_rotation": 0, "max_scale": 0.1}, data.RandomAffine),
+        (
+            {"max_shift": 2, "max_rotation": 10, "max_scale": 0.0, "elastic_alpha": 0.0, "elastic_sigma": 4.0},
+            data.RandomAffine,
+        ),
+        (
+            {"max_shift": 2, "max_rotation": 0, "max_scale": 0.0, "elastic_alpha": 0.0, "elastic_sigma": 4.0},
+            data.RandomShift,
+        ),
+        (
+            {"max_shift": 0, "max_rotation": 0, "max_scale": 0.0, "elastic_alpha": 34.0, "elastic_sigma": 4.0},
+            data.RandomElastic,
+        ),
+        (
+            {"max_shift": 2, "max_rotation": 10, "max_scale": 0.1, "elastic_alpha": 34.0, "elastic_sigma": 4.0},
+            data.RandomElastic,
+        ),
     ],
 )
 def test_the_data_config_picks_its_augmentation(values: dict, kind: type) -> None:
     from omegaconf import OmegaConf
 
     assert type(data.make_augment(OmegaConf.create(values), "cpu")) is kind
+
+
+def bar_batch(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """n copies of a vertical bar of white ink on background, normalised, as [n, 784]."""
+    background = (0 - data.MEAN) / data.STD
+    stroke = torch.full((n, 28, 28), background, dtype=dtype)
+    stroke[:, 4:24, 12:16] = 2.8
+    return stroke.flatten(1)
+
+
+def affine_as_before(max_shift: int, max_rotation: float, max_scale: float, x: torch.Tensor, g: torch.Generator):
+    """RandomAffine as it was before elastic distortions came: runs logged then must reproduce."""
+    import math
+
+    import torch.nn.functional as F
+
+    b, background = len(x), (0 - data.MEAN) / data.STD
+    u = (torch.rand(b, 4, generator=g) * 2 - 1).to(x.device)
+    angle, scale = u[:, 0] * math.radians(max_rotation), 1 + u[:, 1] * max_scale
+    shift = u[:, 2:] * (2 * max_shift / 28)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, [b, 1, 28, 28], align_corners=False)
+    return F.grid_sample(x.view(b, 1, 28, 28) - background, grid, align_corners=False).flatten(1) + background
+
+
+def test_elastic_off_keeps_the_affine_path_and_its_draws_exactly() -> None:
+    from omegaconf import OmegaConf
+
+    x = bar_batch(16)
+    d = OmegaConf.create(
+        {"max_shift": 2, "max_rotation": 10, "max_scale": 0.05, "elastic_alpha": 0.0, "elastic_sigma": 4.0}
+    )
+    g, ref = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    for _ in range(2):  # two batches: the generator is left where it was before, too
+        assert torch.equal(data.make_augment(d, "cpu")(x, g), affine_as_before(2, 10, 0.05, x, ref))
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=ref))
+
+
+def test_elastic_composes_with_the_same_affine_draws() -> None:
+    x = bar_batch(16)
+    affine = data.RandomAffine(2, 10, 0.05)(x, torch.Generator().manual_seed(1))
+    faint = data.RandomElastic(2, 10, 0.05, alpha=1e-6, sigma=4.0)(x, torch.Generator().manual_seed(1))
+    assert torch.allclose(faint, affine, atol=1e-4)  # alpha near 0: the affine part alone, from the same draws
+    strong = data.RandomElastic(2, 10, 0.05, alpha=34.0, sigma=4.0)(x, torch.Generator().manual_seed(1))
+    assert (strong - affine).abs().max() > 0.5  # the field moves ink
+
+
+def test_elastic_is_deterministic_under_the_seed_and_each_image_its_own() -> None:
+    x = bar_batch(8)
+    aug = data.RandomElastic(0, 0, 0.0, alpha=34.0, sigma=4.0)
+    a, b = aug(x, torch.Generator().manual_seed(3)), aug(x, torch.Generator().manual_seed(3))
+    c = aug(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    assert len({tuple(img.round(decimals=3).tolist()) for img in a}) == 8
+
+
+def test_elastic_field_is_simards_smoothed_noise_and_grows_with_alpha() -> None:
+    field = {
+        alpha: data.RandomElastic(0, 0, 0.0, alpha, 4.0).field(
+            2000, torch.device("cpu"), torch.Generator().manual_seed(0)
+        )
+        for alpha in (8.0, 34.0)
+    }
+    assert field[34.0].shape == (2000, 28, 28, 2)
+    rms = {alpha: (f[:, 12:16, 12:16] * 14).pow(2).mean().sqrt().item() for alpha, f in field.items()}  # in pixels
+    assert 1.25 < rms[34.0] < 1.55  # alpha 34, sigma 4: uniform [-1, 1] blurred has std 0.041 at the centre
+    assert rms[34.0] / rms[8.0] == pytest.approx(34 / 8, rel=0.1)
+    # Smooth: neighbours move together (white noise would not), and a larger sigma is smoother still.
+    f = field[34.0][..., 0]
+    assert torch.corrcoef(torch.stack([f[:, 14, 14], f[:, 14, 15]]))[0, 1] > 0.95
+    moved = {
+        alpha: (
+            data.RandomElastic(0, 0, 0.0, alpha, 4.0)(bar_batch(64), torch.Generator().manual_seed(0)) - bar_batch(64)
+        )
+        .abs()
+        .mean()
+        for alpha in (2.0, 8.0, 34.0)
+    }
+    assert 0 < moved[2.0] < moved[8.0] < moved[34.0]
+
+
+def test_the_field_has_the_covariance_of_per_pixel_noise_blurred() -> None:
+    """Drawn on the blur's strongest directions, the field is Simard's in its second moments: the
+    variance of A n A' at (y, x), n uniform in [-1, 1] per pixel, is (A A')[y, y] (A A')[x, x] / 3."""
+    alpha, sigma = 34.0, 4.0
+    f = data.RandomElastic(0, 0, 0.0, alpha, sigma).field(4000, torch.device("cpu"), torch.Generator().manual_seed(0))
+    f = f * 14  # grid units to pixels
+    a = data.gaussian_matrix(sigma).double()
+    d = torch.diagonal(a @ a.T)
+    simard_var = d[:, None] * d[None, :] / 3 * alpha**2  # [y, x]
+    for y, x in [(14, 14), (3, 20), (0, 0), (27, 9)]:
+        assert f[:, y, x].var().item() == pytest.approx(simard_var[y, x].item(), rel=0.1)
+    # Covariance of two pixels 3 apart along x: (A A')[x1, x2] (A A')[y, y] / 3.
+    aat = a @ a.T
+    simard_cov = aat[14, 14] * aat[12, 15] / 3 * alpha**2
+    assert (f[:, 14, 12, 0] * f[:, 14, 15, 0]).mean().item() == pytest.approx(simard_cov.item(), rel=0.1)
+    assert data.smoothing_basis(sigma).shape == (7, 28) and data.smoothing_basis(1.0).shape[0] > 20
+
+
+def test_the_blur_is_a_zero_padded_separable_gaussian() -> None:
+    import torch.nn.functional as F
+
+    sigma, radius = 2.0, 8
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-(taps**2) / (2 * sigma**2))
+    k = k / k.sum()
+    noise = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    by_conv = F.conv2d(noise, (k[:, None] * k[None, :])[None, None], padding=radius)[:, 0]
+    a = data.gaussian_matrix(sigma).double()
+    assert torch.allclose(a @ noise[:, 0] @ a.T, by_conv, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_elastic_keeps_shape_dtype_device_and_the_background(dtype: torch.dtype) -> None:
+    background = (0 - data.MEAN) / data.STD
+    x = bar_batch(5, dtype)
+    x[0] = background  # an empty image stays empty: what comes in at the edges is background
+    out = data.RandomElastic(2, 10, 0.1, alpha=34.0, sigma=4.0)(x, torch.Generator().manual_seed(0))
+    assert out.shape == (5, 784) and out.dtype == dtype and out.device == x.device
+    assert torch.allclose(out[0], x[0], atol=1e-5)
+    ink = (out[1:] - background).sum(1) / (x[1] - background).sum()
+    assert ((ink > 0.6) & (ink < 1.5)).all()  # ink is moved, not made or lost
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_elastic_runs_on_the_batchs_device_and_is_deterministic_there() -> None:
+    x = bar_batch(64).cuda()
+    aug = data.RandomElastic(2, 10, 0.1, alpha=34.0, sigma=4.0)
+    a, b = aug(x, torch.Generator().manual_seed(0)), aug(x, torch.Generator().manual_seed(0))
+    assert a.device == x.device and torch.equal(a, b)

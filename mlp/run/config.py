@@ -87,6 +87,8 @@ class DataConfig:
     max_shift: int = MISSING
     max_rotation: float = MISSING
     max_scale: float = MISSING
+    elastic_alpha: float = MISSING
+    elastic_sigma: float = MISSING
 
 
 @dataclass
@@ -280,6 +282,16 @@ def _check_data(cfg: DictConfig) -> int:
     _check(cfg, "data.max_shift", 0 <= d.max_shift <= 8, "an integer from 0 (off) to 8 pixels")
     _check(cfg, "data.max_rotation", 0 <= d.max_rotation <= 45, "degrees from 0 (off) to 45")
     _check(cfg, "data.max_scale", 0 <= d.max_scale < 0.5, "a fraction from 0 (off) to below 0.5")
+    _check(
+        cfg, "data.elastic_alpha", 0 <= d.elastic_alpha < math.inf, "pixels, a finite number >= 0 (0: off; Simard: 34)"
+    )
+    if d.elastic_alpha > 0:
+        _check(
+            cfg,
+            "data.elastic_sigma",
+            0 < d.elastic_sigma <= 28,
+            "pixels, a number > 0 and at most 28 when data.elastic_alpha > 0 (Simard: 4)",
+        )
     _check(cfg, "data.val_size", 1 <= d.val_size < pool, f"an integer from 1 to {pool - 1} ({pool} training images)")
     return pool
 

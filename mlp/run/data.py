@@ -264,26 +264,112 @@ class RandomAffine:
         self.max_shift, self.max_rotation, self.max_scale = max_shift, max_rotation, max_scale
         self.background = (0 - MEAN) / STD
 
-    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """x: [B, 784] normalised images -> [B, 784] transformed copies."""
-        b = len(x)
+    def theta(self, b: int, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """[b, 2, 3]: each image's affine map from output to input coordinates, in grid units."""
         # Four uniform numbers in [-1, 1) per image: angle, scale, shift x, shift y (drawn on the CPU generator).
         u = (torch.rand(b, 4, generator=generator) * 2 - 1).to(x.device)
         angle = u[:, 0] * math.radians(self.max_rotation)
         scale = 1 + u[:, 1] * self.max_scale
         shift = u[:, 2:] * (2 * self.max_shift / 28)  # in grid units: the image spans [-1, 1]
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-        # theta maps output to input coordinates: [B, 2, 3].
-        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-        grid = F.affine_grid(theta, [b, 1, 28, 28], align_corners=False)
+        return torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x: [B, 784] normalised images -> [B, 784] transformed copies."""
+        b = len(x)
+        grid = F.affine_grid(self.theta(b, x, generator), [b, 1, 28, 28], align_corners=False)
         # grid_sample fills outside the image with 0: sample the offset from the background.
         moved = F.grid_sample(x.view(b, 1, 28, 28) - self.background, grid, align_corners=False)
         return moved.flatten(1) + self.background
 
 
-def make_augment(d: Any, device: torch.device | str) -> RandomShift | RandomAffine | None:
+def gaussian_matrix(sigma: float, size: int = 28) -> torch.Tensor:
+    """[size, size] matrix whose product with a column is that column convolved with a Gaussian of
+    ``sigma`` pixels (truncated at 4 sigma, normalised over the whole kernel, zero beyond the image
+    as scipy's ``gaussian_filter(mode="constant")``): ``A @ N @ A.T`` is the separable 2-D blur."""
+    radius = math.ceil(4 * sigma)
+    taps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    norm = torch.exp(-(taps**2) / (2 * sigma**2)).sum()
+    d = torch.arange(size, dtype=torch.float64)
+    d = d[:, None] - d[None, :]
+    a = torch.exp(-(d**2) / (2 * sigma**2)) / norm
+    return torch.where(d.abs() <= radius, a, 0).to(torch.float32)
+
+
+def smoothing_basis(sigma: float, tolerance: float = 1e-4) -> torch.Tensor:
+    """[k, 28]: the Gaussian blur's strongest directions times their singular values, A = U S V',
+    as few as keep all but ``tolerance`` of the blurred noise's variance along an axis (k = 8 at
+    sigma 4, 28 at sigma 1). With z uniform in [-1, 1] on k x k coefficients, ``B' z B`` has the
+    covariance of Simard's field, ``A n A'`` with n uniform in [-1, 1] per pixel: (A A')(x)(A A') / 3."""
+    u, s, _ = torch.linalg.svd(gaussian_matrix(sigma).double())
+    energy = (s**2).cumsum(0) / (s**2).sum()
+    k = int((energy < 1 - tolerance).sum()) + 1
+    return (u[:, :k] * s[:k]).T.float()
+
+
+class RandomElastic(RandomAffine):
+    """Simard et al.'s (2003) elastic distortion composed with RandomAffine's shift, rotation and
+    scale, in one bilinear ``grid_sample`` per batch. Each image gets its own displacement field,
+    uniform noise in [-1, 1] smoothed by a Gaussian of ``sigma`` pixels, times ``alpha`` pixels,
+    added to where the affine map samples. The noise is drawn on the blur's k x k strongest
+    directions (``smoothing_basis``: the same covariance as per-pixel noise, 1/16 of the draws at
+    sigma 4), and the field and the affine map come out of one matrix product, batched on the
+    batch's device."""
+
+    def __init__(self, max_shift: int, max_rotation: float, max_scale: float, alpha: float, sigma: float):
+        super().__init__(max_shift, max_rotation, max_scale)
+        self.alpha, self.sigma = alpha, sigma
+        basis = smoothing_basis(sigma)
+        self.k2 = len(basis) ** 2
+        # Each output pixel's centre in grid units, and a 1 for the shift: [3, 784].
+        centres = (torch.arange(28, dtype=torch.float32) * 2 + 1) / 28 - 1
+        base = torch.stack([centres.repeat(28), centres.repeat_interleave(28), torch.ones(784)])
+        # Rows of one product: k*k coefficients -> a smooth [28 x 28] field in grid units (the image's
+        # 28 pixels span [-1, 1]), then theta's row for this axis -> where the affine map samples.
+        field = torch.kron(basis, basis) * (alpha * 2 / 28)
+        self.rows = torch.cat([field, base])  # [k*k + 3, 784]
+        self.on_device: dict[torch.device, tuple[torch.Tensor, torch.Generator]] = {}
+
+    def _rows(self, device: torch.device, generator: torch.Generator) -> tuple[torch.Tensor, torch.Generator]:
+        """The product's rows on ``device``, and the generator of its noise: ``generator`` on the
+        CPU; elsewhere one on ``device`` seeded from it for each batch (one CPU draw, no copy of noise
+        from the host). Deterministic under the run's seed either way."""
+        if device.type == "cpu":
+            return self.rows, generator
+        if device not in self.on_device:
+            self.on_device[device] = (self.rows.to(device), torch.Generator(device))
+        rows, g = self.on_device[device]
+        return rows, g.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+
+    def grid(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """[B, 28, 28, 2]: where each output pixel samples its image (x, y), in grid units."""
+        b, device = len(theta), theta.device
+        rows, g = self._rows(device, generator)
+        coefficients = torch.empty(b, 2, self.k2 + 3, device=device, dtype=theta.dtype).uniform_(-1, 1, generator=g)
+        coefficients[..., self.k2 :] = theta
+        return (coefficients @ rows.to(theta.dtype)).view(b, 2, 28, 28).permute(0, 2, 3, 1)
+
+    def field(self, b: int, device: torch.device, generator: torch.Generator) -> torch.Tensor:
+        """[b, 28, 28, 2]: the displacements alone (no affine map), in grid units."""
+        return self.grid(torch.zeros(b, 2, 3, device=device), generator)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x: [B, 784] normalised images -> [B, 784] transformed copies."""
+        b = len(x)
+        theta = self.theta(b, x, generator).to(x.dtype)  # drawn first: the affine draws are RandomAffine's
+        moved = F.grid_sample(x.view(b, 1, 28, 28) - self.background, self.grid(theta, generator), align_corners=False)
+        return moved.flatten(1) + self.background
+
+
+Augmentation = RandomShift | RandomAffine | RandomElastic
+
+
+def make_augment(d: Any, device: torch.device | str) -> Augmentation | None:
     """The training-time augmentation a ``data`` config asks for: exact pixel shifts, or with a
-    rotation or scale range the affine one; None when all are 0."""
+    rotation or scale range the affine one, or with ``elastic_alpha`` > 0 the affine one composed
+    with an elastic distortion; None when all are 0."""
+    if d.get("elastic_alpha", 0) > 0:
+        return RandomElastic(d.max_shift, d.max_rotation, d.max_scale, d.elastic_alpha, d.elastic_sigma)
     if d.max_rotation > 0 or d.max_scale > 0:
         return RandomAffine(d.max_shift, d.max_rotation, d.max_scale)
     return RandomShift(d.max_shift, device) if d.max_shift > 0 else None
