@@ -165,3 +165,74 @@ def test_fifos_devices_and_directories_are_refused_before_reading(tmp_path) -> N
         with pytest.raises(ImageError) as caught:
             load_digit(path)
         assert str(caught.value) == reason
+
+
+def small_thin_seven(side: int = 400, tall: int = 30, width: int = 2) -> Image.Image:
+    """The issue's picture: a thin 7, ``tall`` pixels high, dark on a large white sheet (ink on under 0.1% of it)."""
+    img = Image.new("L", (side, side), 255)
+    s, x, y = tall / 150, side / 2 - 12, side / 2 - 15  # drawn_seven's strokes, scaled down, in the middle
+    ImageDraw.Draw(img).line([(x, y), (x + 120 * s, y), (x + 40 * s, y + 150 * s)], fill=30, width=width)
+    return img
+
+
+def blurred(a: np.ndarray) -> np.ndarray:
+    """A 28x28 image softened by a pixel, so that a 1-pixel stroke half a pixel off still compares."""
+    return ndimage.gaussian_filter(a.astype(float), 1)
+
+
+def noisy_jpeg(img: Image.Image) -> bytes:
+    levels = np.asarray(img, np.float32) * 0.9 + np.random.default_rng(0).normal(0, 3, (img.height, img.width))
+    return encoded(Image.fromarray(np.clip(levels, 0, 255).astype(np.uint8)), "JPEG", quality=70)
+
+
+@pytest.mark.parametrize("kind", ["dark on white", "light on black", "noisy JPEG"])
+def test_a_small_thin_digit_on_a_large_sheet_is_ink(reference: np.ndarray, kind: str) -> None:
+    """Before, with ink on under 1% of the picture, the 1st and 99th percentiles both were paper: the
+    polarity came out wrong (dark ink kept dark) and the picture was refused as "blank: no ink found"."""
+    img = small_thin_seven()
+    assert (np.asarray(img) < 128).mean() < 0.001
+    data = {"dark on white": lambda: encoded(img, "PNG"),
+            "light on black": lambda: encoded(Image.eval(img, lambda v: 255 - v), "PNG"),
+            "noisy JPEG": lambda: noisy_jpeg(img)}[kind]()  # fmt: skip
+    levels = images.grey(images.open_image(data))
+    assert images.light_ink(levels)[1] is (kind != "light on black")  # inverted exactly when the ink is dark
+    seen = load_digit(data)
+    assert seen.max() == 255 and seen[0].max() == 0
+    assert similar(blurred(seen), blurred(reference)) > 0.9  # the same 7 (thinner)
+
+
+@pytest.mark.parametrize(
+    "picture,inverted",
+    [
+        (lambda: drawn_seven(), True),  # dark on light, ink on about 4% of it
+        (lambda: Image.eval(drawn_seven(), lambda v: 255 - v), False),  # chalk on a blackboard
+        (lambda: Image.fromarray(255 - MNIST_ONE).resize((280, 280)), True),  # an MNIST-like digit printed
+        (lambda: Image.fromarray(MNIST_ONE).resize((280, 280)), False),  # MNIST's own light on dark
+        (lambda: Image.open(io.BytesIO(images.photo_like(MNIST_ONE, np.random.default_rng(1)))), True),
+    ],
+)
+def test_polarity_of_pictures_with_plenty_of_ink(picture, inverted: bool) -> None:
+    levels = images.grey(picture())
+    assert images.light_ink(levels)[1] is inverted
+
+
+def test_a_few_bright_glints_do_not_turn_dark_ink_light() -> None:
+    """Mid-grey paper, dark ink on a few percent of it, and a handful of white pixels (glare): the
+    percentiles decide, not the extremes, so the glints, whiter than the ink is dark, do not."""
+    levels = np.asarray(drawn_seven(ink=60, paper=128), np.float32).copy()
+    levels[[40, 41, 260], [40, 41, 250]] = 255
+    assert images.light_ink(levels)[1] is True
+    assert images.light_ink(255 - levels)[1] is False
+
+
+@pytest.mark.parametrize("noise", [0, 3])
+def test_a_large_blank_sheet_is_still_blank(noise: int) -> None:
+    """The extremes decide polarity when the percentiles see nothing; a sheet with no ink is still refused."""
+    levels = 235 + np.random.default_rng(0).normal(0, noise, (400, 400))
+    data = encoded(Image.fromarray(np.clip(levels, 0, 255).astype(np.uint8)), "JPEG", quality=70)
+    with pytest.raises(ImageError, match=r"^blank: no ink found \(a picture of one digit expected\)$"):
+        load_digit(data)
+
+
+MNIST_ONE = np.zeros((28, 28), np.uint8)
+MNIST_ONE[4:24, 12:16] = 255  # a '1', 20 pixels tall, centred as MNIST's are

@@ -6,8 +6,9 @@ the centre; a light digit on a dark ground. Before that, a photo needs its ink f
 
 1. decode with Pillow (first frame of an animation, EXIF orientation, transparency on white);
 2. grey, shrunk to at most ``WORK_SIDE`` pixels (the result is 20 pixels tall anyway);
-3. polarity: the border is mostly paper; if it is nearer the light end, the ink is dark and
-   the image is inverted, so that ink is always light;
+3. polarity: the border is mostly paper (its median); the ink is on the side where the picture
+   reaches further from it (1st/99th percentiles, or the extremes when ink covers under ~1%);
+   dark ink is inverted, so that ink is always light;
 4. uneven light: the ground is estimated by a grey opening (min then max filter wider than a
    stroke) on a small copy and subtracted, so a shadow or a gradient is not ink; on paper,
    ink is measured relative to the light the paper gets there (light multiplies);
@@ -137,13 +138,20 @@ def _shrink(levels: np.ndarray, side: int) -> np.ndarray:
 
 
 def light_ink(levels: np.ndarray) -> tuple[np.ndarray, bool]:
-    """(the picture with light ink, whether it was inverted): inverted when the ink is dark,
-    that is when the border (mostly paper) is nearer the light end."""
+    """(the picture with light ink, whether it was inverted). The rule: the paper is the border's
+    median (the border is mostly paper, however little ink there is); the ink is on the side where
+    the picture reaches further from the paper, seen at the 1st and 99th percentiles (so a few
+    stray pixels, a glint or a speck, do not decide), or, when neither of those stands
+    ``MIN_CONTRAST`` from the paper (ink on under about 1% of the picture: a small thin digit on a
+    large sheet), at the darkest and lightest pixels. Dark ink (paper nearer the light end) is
+    inverted. A blank picture stays as it is (and is refused as blank afterwards)."""
     h, w = levels.shape
     b = max(1, min(h, w) // 20)
     border = np.concatenate([levels[:b].ravel(), levels[-b:].ravel(), levels[:, :b].ravel(), levels[:, -b:].ravel()])
-    low, high = np.percentile(levels, [1, 99])
     paper = float(np.median(border))
+    low, high = np.percentile(levels, [1, 99])
+    if max(high - paper, paper - low) < MIN_CONTRAST:  # the percentiles see no ink: too little of it
+        low, high = float(levels.min()), float(levels.max())
     return (255 - levels, True) if high - paper < paper - low else (levels, False)
 
 
