@@ -25,8 +25,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup -m "not slow" $(ARGS)
 
-# Browse the runs: http://127.0.0.1:5000 (ARGS="--port 5001" etc.); one server worker, enough for one user.
+# Browse the runs (ARGS="--port 5001" etc.; one server worker, enough for one user). It first prints
+# the links to open: each study's trials, best first (python sweep.py link), and the experiment's runs in
+# MLflow's Model training view (the UI opens in its GenAI view without ?workflowType=machine_learning).
 ui: $(STAMP)
+	-@$(BIN)/python sweep.py link 2>/dev/null
+	@echo "all runs of mnist-mlp: http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --workers 1 $(ARGS)
 
 # The digit recognizer: a page to draw on and a JSON API (POST /predict) at http://127.0.0.1:8000,

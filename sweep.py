@@ -9,6 +9,7 @@
     python sweep.py export --trial 7 --replace        # ...into the winner file even if the one there scored better
     python sweep.py plots --out plots/                # Optuna's plots as PNG files
     python sweep.py plots --mlflow                    # ...logged to the study's MLflow parent run
+    python sweep.py link                              # each study's trials in the MLflow UI: the link to open
     python sweep.py list --storage postgresql://user@host/optuna   # any Optuna storage URL
 
 Defaults (study name, storage) come from conf/hydra/sweeper/optuna.yaml, as the sweep's do.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from urllib.parse import urlencode
 
 import optuna
 from mlflow.tracking import MlflowClient
@@ -37,7 +39,17 @@ from mlp.run.winner_files import STUDY_NAME, STUDY_NAME_RULE, winner_file
 from mlp.sqlite_files import sqlite_file
 from mlp.sweep import protocol
 from mlp.sweep.export import update_winner
-from mlp.sweep.report import SAVE, leaderboard, markdown_table, optuna_figures, state_counts, trial_runs
+from mlp.sweep.report import (
+    SAVE,
+    SAVED_VIEW,
+    leaderboard,
+    markdown_table,
+    optuna_figures,
+    short_name,
+    state_counts,
+    trial_runs,
+    view_state,
+)
 from mlp.sweep.storage import check_storage, engine_kwargs
 
 
@@ -109,9 +121,30 @@ def cmd_list(args: argparse.Namespace) -> None:
 WIDE_COLUMNS = ("epochs_run", "train_seconds", "wall_seconds", "run_id")  # shown with --all
 
 
-def short_name(key: str) -> str:
-    """A column's name in a terminal: data.max_rotation -> rotation, model.num_layers -> num_layers."""
-    return key.rsplit(".", 1)[-1].removeprefix("max_")
+def cmd_link(args: argparse.Namespace) -> None:
+    """Where each study's trials are in the MLflow UI: its saved view (best first, accuracies and
+    searched parameters as columns) once a sweep of it has ended, else its runs filtered and sorted."""
+    storage = existing_storage(args.storage)
+    names = [args.study] if args.study else sorted(optuna.get_all_study_names(storage=storage))
+    client = mlflow_client(need="the studies' runs are there")
+    command, base = tracking.ui_base(client.tracking_uri)
+    print(f"start the MLflow UI ({command}, or make ui), then open:")
+    if not names:
+        print(f"  (no studies in {args.storage} yet)")
+    for name in names:
+        parent = load_study(name, args.storage).user_attrs.get(protocol.STUDY_PARENT_RUN)
+        run = client.get_run(parent) if parent else None
+        if run is None:
+            print(f"  {name}: no MLflow parent run recorded")
+            continue
+        experiment = client.get_experiment(run.info.experiment_id)
+        if f"{SAVED_VIEW}{parent}" in experiment.tags:
+            link = tracking.ui_view_link(client.tracking_uri, experiment.experiment_id, parent)
+        else:
+            query = urlencode({"searchFilter": view_state(load_study(name, args.storage), parent)["searchFilter"],
+                               "orderByKey": "metrics.`val/acc`", "orderByAsc": "false"})  # fmt: skip
+            link = f"{base}/#/experiments/{experiment.experiment_id}/runs?{query}&{tracking.MODEL_TRAINING}"
+        print(f"  {name}: {link}")
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
@@ -208,6 +241,9 @@ def main(argv: list[str] | None = None) -> None:
     plots.add_argument("--out", help="folder for PNG files")
     plots.add_argument("--mlflow", action="store_true", help="log to the study's latest sweep parent run")
     plots.set_defaults(func=cmd_plots)
+    link = add("link", "where a study's trials are in the MLflow UI: best first, with their scores and parameters")
+    link.add_argument("study", nargs="?", help="study name (default: every study in the storage)")
+    link.set_defaults(func=cmd_link)
     args = parser.parse_args(argv)
     try:
         with closed_pipe_quietly():

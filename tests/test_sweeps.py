@@ -12,9 +12,13 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 
+from mlp.errors import UserError
 from mlp.run.winner_files import recorded_winner
-from tests.helpers import ROOT, Sweep, run_train, subprocess_env
+from mlp.sweep.settings import Plan, fixed_config
+from mlp.sweep.study import join
+from tests.helpers import CONF, ROOT, TINY, Sweep, run_train, seed_store, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -258,3 +262,36 @@ def test_a_new_study_starts_from_the_base_config_and_the_winner_file(tmp_path: P
     assert f"{sweep.best} is kept: it holds trial 7 of study seeded, which scored 0.9999" in done.stderr + done.stdout
     (parent,) = sweep.runs("parent")
     assert parent.data.tags["winner.kept"] == "best_seeded.yaml: 0.9999 (study seeded, trial 7)"
+
+
+def test_the_fixed_config_is_what_trials_run_with_and_older_records_still_join(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path
+) -> None:
+    """The record holds the search space's fixed values (trainer.val_every: 5 in
+    conf/hydra/sweeper/optuna.yaml), not the base config's (1). A study recorded before that (the
+    base config's values), or before a key existed (its shipped default), is still joined; a
+    real difference is refused, in either form."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    seed_store(tmp_path / "mlruns", empty_store)
+
+    def cfg_of(*overrides: str):
+        where = [f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", f"tracking.dir={tmp_path}/mlruns"]
+        with initialize_config_dir(config_dir=CONF):
+            extra = ["hydra/sweeper=optuna", *TINY, "hydra.sweeper.study_name=rec", *where, *overrides]
+            return compose("config", extra, return_hydra_config=True)
+
+    cfg = cfg_of()
+    plan = Plan.of(cfg, [])
+    created = join(plan, cfg)
+    recorded = created.study.user_attrs["fixed_config"]
+    assert cfg.trainer.val_every == 1 and recorded["trainer.val_every"] == 5  # the base config's, the trials'
+    older = {k: v for k, v in fixed_config(cfg, set(plan.space.distributions)).items() if k != "data.max_shift"}
+    assert older["trainer.val_every"] == 1
+    created.study.set_user_attr("fixed_config", older)  # a study made before: the base config's values, a key fewer
+    assert join(plan, cfg).parent_id == created.parent_id
+    shifted = cfg_of("data.max_shift=2")  # the key the record lacks, at another value than synthetic.yaml's 0
+    with pytest.raises(UserError, match=r"\(data\.max_shift: study '-', now 2, "):
+        join(Plan.of(shifted, []), shifted)
+    created.study.set_user_attr("fixed_config", recorded | {"trainer.val_every": 3})
+    with pytest.raises(UserError, match=r"\(trainer\.val_every: study 3, now 5\)"):
+        join(plan, cfg)

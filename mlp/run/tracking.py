@@ -306,8 +306,25 @@ def scoped_env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
+# MLflow 3.17's UI opens an experiment in its GenAI mode unless the link says otherwise (its
+# experiment tag mlflow.experimentKind is not read while the mode switch is shown).
+MODEL_TRAINING = "workflowType=machine_learning"
+
+
 def ui_hint(uri: str, experiment_id: str, run_id: str) -> tuple[str, str]:
     """(command that starts the MLflow UI on this store, link to the run in it)."""
-    command = "mlflow ui" if uri.startswith("http") else f"mlflow ui --backend-store-uri {uri}"
-    base = uri.rstrip("/") if uri.startswith("http") else "http://127.0.0.1:5000"
-    return command, f"{base}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    command, base = ui_base(uri)
+    return command, f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING}"
+
+
+def ui_base(uri: str) -> tuple[str, str]:
+    """(command that starts the MLflow UI on this store, the UI's address once it runs)."""
+    if uri.startswith("http"):
+        return "mlflow ui", uri.rstrip("/")
+    return f"mlflow ui --backend-store-uri {uri} --workers 1", "http://127.0.0.1:5000"
+
+
+def ui_view_link(uri: str, experiment_id: str, view: str) -> str:
+    """A link to the experiment's runs table as its saved view ``view`` shows it (the key of
+    experiment tag ``mlflow.sharedViewState.<view>``: filter, order and columns)."""
+    return f"{ui_base(uri)[1]}/#/experiments/{experiment_id}/runs?viewStateShareKey={view}&{MODEL_TRAINING}"

@@ -7,13 +7,16 @@ Trials are joined to their MLflow runs by the run id the sweeper stores on each 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
+import time
 import warnings
 from typing import Any
 
 import optuna
+from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from mlp.run import tracking
@@ -22,8 +25,14 @@ from mlp.sweep import protocol
 log = logging.getLogger(__name__)
 
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1}  # leaderboard order; then FAIL
+STATE_WORDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
 SAVE = {"bbox_inches": "tight"}  # Optuna's figures: grow the canvas to hold every label
 RUN_ID_CHUNK = 100  # run ids per MLflow search: a filter string of bounded length
+NOTE = "mlflow.note.content"  # a run's description: Markdown the MLflow UI shows on the run's page
+NOTE_LIMIT = 8000  # characters MLflow takes in a tag's value
+SAVED_VIEW = "mlflow.sharedViewState."  # experiment tags holding the runs table's saved views (MLflow 3.17)
+PARAMS_OF = "best.params_of"  # on the parent: whose params it holds when they are no longer the best's
+SUMMARY_ROWS = 5  # trials in the summary a sweep ends with
 
 
 def shown(value: object) -> str:
@@ -203,20 +212,130 @@ def legible(fig: Any) -> None:
 
 
 def report(study: optuna.Study, client: MlflowClient, parent_id: str) -> None:
-    """Leaderboard (CSV and Markdown), counts, best value and Optuna's plots on the parent run."""
+    """Leaderboard (CSV, Markdown, the parent's description), counts, the best trial (metrics,
+    params, tags), Optuna's plots on the parent run; the study's view of its trials in the MLflow
+    UI, and the log lines a sweep ends with: a ranked summary and the link to that view."""
     import matplotlib.pyplot as plt  # only when plots are drawn: sweep.py's listings start without it
 
-    rows = leaderboard(study, trial_runs(client, study))
+    runs = trial_runs(client, study)
+    rows = leaderboard(study, runs)
     client.log_text(parent_id, tracking.csv_text(rows), "leaderboard.csv")
     client.log_text(parent_id, markdown_table(rows), "leaderboard.md")
     counts = state_counts(study)
     for state in ("COMPLETE", "PRUNED", "FAIL"):
         client.log_metric(parent_id, f"trials_{state.lower()}", counts.get(state, 0))
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    client.set_tag(parent_id, NOTE, description(study, rows, runs, experiment_id))
     if (best := best_trial(study)) is not None:
-        client.log_metric(parent_id, "best/val_acc", best.value)
-        client.set_tag(parent_id, f"{protocol.PARENT_BEST}trial", str(best.number))
-        for key, value in best.params.items():
-            client.set_tag(parent_id, f"{protocol.PARENT_BEST}{key}", shown(value))
+        record_best(client, parent_id, best, runs.get(best.number))
+    view = save_view(client, experiment_id, study, parent_id)
     for path, fig in optuna_figures(study).items():
         client.log_figure(parent_id, fig, path, save_kwargs=SAVE)
         plt.close(fig)
+    for line in summary(study, rows, tracking.ui_base(client.tracking_uri)[0], view):
+        log.info("%s", line)
+
+
+def record_best(client: MlflowClient, parent_id: str, best: optuna.trial.FrozenTrial, run: Any) -> None:
+    """The best trial on the parent: its validation and test accuracy under the children's metric
+    names (a runs table sorted by val/acc puts the study beside its best trial), best/val_acc,
+    best.* tags, and its parameters as the parent's params. MLflow never changes a param: when a
+    later report finds another best trial, the params stay those of the first (param best.trial
+    names it) and tag best.params_of says so; the tags and metrics follow the best."""
+    client.log_metric(parent_id, "best/val_acc", best.value)
+    client.log_metric(parent_id, "val/acc", best.value)
+    if run is not None and "test/acc" in run.data.metrics:
+        client.log_metric(parent_id, "test/acc", run.data.metrics["test/acc"])
+    client.set_tag(parent_id, f"{protocol.PARENT_BEST}trial", str(best.number))
+    for key, value in best.params.items():
+        client.set_tag(parent_id, f"{protocol.PARENT_BEST}{key}", shown(value))
+    ran = run.data.params if run is not None else {}  # the values as the trial's run logged them (0.0, not 0)
+    wanted = {k: ran.get(k, str(v)) for k, v in best.params.items()}
+    wanted[f"{protocol.PARENT_BEST}trial"] = str(best.number)
+    logged = client.get_run(parent_id).data.params
+    if not logged.keys() & wanted.keys():
+        client.log_batch(parent_id, params=[Param(k, v) for k, v in wanted.items()])
+    elif {k: logged.get(k) for k in wanted} != wanted:
+        first = logged.get(f"{protocol.PARENT_BEST}trial", "?")
+        note = f"trial {first}, the best when the first report was written; the best now is trial {best.number}"
+        client.set_tag(parent_id, PARAMS_OF, note)
+        log.warning("the study's parent run keeps the params of %s (MLflow params never change)", note)
+
+
+def short_name(key: str) -> str:
+    """A column's name where space is short: data.max_rotation -> rotation, model.num_layers -> num_layers."""
+    return key.rsplit(".", 1)[-1].removeprefix("max_")
+
+
+def description(study: optuna.Study, rows: list[dict[str, Any]], runs: dict[int, Any], experiment_id: str) -> str:
+    """The parent run's description (Markdown, shown whole on its page in the MLflow UI): the
+    leaderboard with each trial's run name linking to its run, as many rows as MLflow's tag
+    limit holds (the rest: leaderboard.md and .csv)."""
+    counts = state_counts(study)
+    done = ", ".join(f"{counts.get(s, 0)} {word}" for s, word in STATE_WORDS.items())
+    head = f"**Study {study.study_name}**: {len(rows)} trials ({done}), best validation accuracy first.\n\n"
+    params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
+    keys = list(dict.fromkeys(k for p in params.values() for k in p))
+    lines = [
+        "| # | run | state | val acc | test acc | " + " | ".join(map(short_name, keys)) + " |",
+        "|" + "---|" * (5 + len(keys)),
+    ]
+    for rank, row in enumerate(rows, 1):
+        run = runs.get(row["trial"])
+        name = f"[{run.info.run_name}](#/experiments/{experiment_id}/runs/{run.info.run_id})" if run else row["trial"]
+        cells = [rank, name, row["state"].lower(), _acc(row["val_acc"]), _acc(row["test_acc"])]
+        line = "| " + " | ".join(str(c) for c in cells + [shown(params[row["trial"]].get(k, "")) for k in keys]) + " |"
+        tail = f"\n\n{len(rows) - rank + 1} more rows in the artifacts leaderboard.md and leaderboard.csv."
+        if len(head) + sum(len(x) + 1 for x in lines) + len(line) + len(tail) > NOTE_LIMIT:
+            return head + "\n".join(lines) + tail
+        lines.append(line)
+    return head + "\n".join(lines) + "\n"
+
+
+def _acc(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def view_state(study: optuna.Study, parent_id: str) -> dict[str, Any]:
+    """What the study's view of the runs table shows: its trials (the parent's children), best
+    validation accuracy first, with validation and test accuracy and the searched parameters as
+    columns, each wide enough for its name (the UI's keys: ``metrics.`val/acc```, ``params.`...```)."""
+    keys = list(dict.fromkeys(k for t in study.get_trials(deepcopy=False) for k in t.params))
+    columns = ["metrics.`val/acc`", "metrics.`test/acc`"] + [f"params.`{k}`" for k in keys]
+    widths = {"attributes.`Run Name`": 230} | {c: 80 for c in columns[:2]}
+    widths |= {f"params.`{k}`": max(80, round(6.5 * len(k)) + 28) for k in keys}  # 13 px type: 6.2 px a letter
+    return {
+        "searchFilter": f"tags.`{protocol.PARENT_RUN}` = '{parent_id}'",
+        "orderByKey": "metrics.`val/acc`",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "columnOrder": ["attributes.`Run Name`", *columns],
+        "columnWidths": widths,
+    }
+
+
+def save_view(client: MlflowClient, experiment_id: str, study: optuna.Study, parent_id: str) -> str:
+    """The study's saved view in MLflow 3.17's runs table (the experiment tag its "Save as new
+    view" writes: a JSON envelope holding the state as a JSON string), keyed by the parent run's
+    id; a link with ``viewStateShareKey=<key>`` opens it. Returns the link."""
+    now = int(time.time() * 1000)
+    envelope = {"name": f"study {study.study_name}: trials, best first", "createdAt": now, "updatedAt": now,
+                "state": json.dumps(view_state(study, parent_id))}  # fmt: skip
+    client.set_experiment_tag(experiment_id, f"{SAVED_VIEW}{parent_id}", json.dumps(envelope))
+    return tracking.ui_view_link(client.tracking_uri, experiment_id, parent_id)
+
+
+def summary(study: optuna.Study, rows: list[dict[str, Any]], command: str, link: str) -> list[str]:
+    """The lines a sweep ends with: the study's best trials, ranked, and how to see them all."""
+    lines = [f"study {study.study_name}: {len(rows)} trials, best validation accuracy first:"]
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for rank, row in enumerate(rows[:SUMMARY_ROWS], 1):
+        params = " ".join(f"{short_name(k)}={shown(v)}" for k, v in trials[row["trial"]].params.items())
+        lines.append(
+            f"  {rank:>2}. trial {row['trial']:<3} {row['state'].lower():<8} val {_acc(row['val_acc'])}  "
+            f"test {_acc(row['test_acc'])}  {params}"
+        )
+    if len(rows) > SUMMARY_ROWS:
+        lines.append(f"  ... {len(rows) - SUMMARY_ROWS} more: python sweep.py leaderboard {study.study_name} --top 50")
+    lines += [f"browse them:  {command}", f"              then open {link}"]
+    return lines

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_method  # Hydra's own locator, as its Optuna sweeper uses it
 from omegaconf import DictConfig, OmegaConf
 
+from mlp import PROJECT_ROOT
 from mlp.errors import ConfigError
 from mlp.run.config import GROUPS
 from mlp.run.tracking import flatten
@@ -27,11 +29,39 @@ from mlp.sweep.space import SearchSpace
 RUNTIME_KEYS = ("trainer.device", "trainer.threads", "trainer.progress", "data.root")
 
 
-def fixed_config(config: DictConfig, searched: set[str]) -> dict[str, Any]:
-    """What defines the experiment apart from the searched keys: the task config, flattened."""
-    task = OmegaConf.to_container(OmegaConf.masked_copy(config, list(GROUPS)), resolve=True, enum_to_str=True)
-    flat = flatten(task)
+def fixed_config(config: DictConfig, searched: set[str], fixed: list[str] | None = None) -> dict[str, Any]:
+    """What defines the experiment apart from the searched keys: the task config, flattened, as
+    every trial runs with it: with the search space's ``fixed`` values applied (trainer.val_every: 5
+    in hydra.sweeper.params). A fixed group choice that the config does not hold already
+    (``schedule: constant`` in params) is recorded as the choice, under the group's name, in place
+    of the keys of the group the config holds. ``fixed=None`` gives the form studies recorded
+    before fixed values were applied (still compared: ``study.py``)."""
+    task = OmegaConf.masked_copy(config, list(GROUPS))
+    choices: dict[str, Any] = {}
+    for override in OverridesParser.create().parse_overrides(list(fixed or [])):
+        key = override.key_or_group
+        if override.is_add() or override.is_delete() or key.split(".")[0].split("/")[0] not in GROUPS:
+            continue  # hydra.*, tracking.* (a run's bookkeeping), +additions and ~deletions
+        if "." in key and "/" not in key:
+            OmegaConf.update(task, key, override.value(), merge=False)
+        elif OmegaConf.select(config, f"hydra.runtime.choices.{key}") != override.value():
+            choices[key] = override.value()
+    flat = flatten(OmegaConf.to_container(task, resolve=True, enum_to_str=True))
+    flat = {k: v for k, v in flat.items() if not any(k.startswith(f"{g}.") for g in choices)} | choices
     return {k: v for k, v in sorted(flat.items()) if k not in searched and k not in RUNTIME_KEYS}
+
+
+def shipped_defaults(config: DictConfig) -> dict[str, Any]:
+    """The values of the group files the config chose, as shipped (conf/data/mnist.yaml's
+    elastic_alpha: 0.0 is data.elastic_alpha's), flattened: what a key that a study created
+    before the key existed ran with. A group file outside conf/ gives none."""
+    found: dict[str, Any] = {}
+    for group in GROUPS:
+        path = PROJECT_ROOT / "conf" / group / f"{OmegaConf.select(config, f'hydra.runtime.choices.{group}')}.yaml"
+        if path.is_file():
+            values = OmegaConf.to_container(OmegaConf.load(path), enum_to_str=True)
+            found |= {f"{group}.{k}": v for k, v in flatten(values).items() if k != "defaults"}
+    return found
 
 
 def check_search_space(config: DictConfig, keys: list[str]) -> None:

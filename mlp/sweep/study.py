@@ -21,7 +21,7 @@ from mlp.run import tracking
 from mlp.run.winner_files import winner_record
 from mlp.sqlite_files import sqlite_file
 from mlp.sweep import protocol
-from mlp.sweep.settings import Plan, fixed_config
+from mlp.sweep.settings import Plan, fixed_config, shipped_defaults
 from mlp.sweep.storage import STORAGE_CHOICES, check_storage, open_storage
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,9 @@ def join(plan: Plan, config: DictConfig) -> Joined:
     uri, experiment_id = tracking.use_experiment(config.tracking)
     client = MlflowClient(uri)
     storage = _storage(plan, client)
-    fixed = fixed_config(config, set(plan.space.distributions))
+    searched = set(plan.space.distributions)
+    fixed = fixed_config(config, searched, plan.space.fixed)  # as the trials run: recorded, compared
+    forms = (fixed, fixed_config(config, searched), shipped_defaults(config))  # + the older form, the defaults
     try:
         study = optuna.create_study(
             study_name=plan.study_name, storage=storage, sampler=plan.sampler, direction=plan.direction
@@ -86,7 +88,7 @@ def join(plan: Plan, config: DictConfig) -> Joined:
         parent_id, created = _create_parent(study, plan, config, client, (uri, experiment_id), fixed), True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=plan.study_name, storage=storage, sampler=plan.sampler)
-        parent_id, created = _check_joined(study, plan, client, uri, fixed), False
+        parent_id, created = _check_joined(study, plan, client, uri, forms), False
     client.update_run(parent_id, status="RUNNING")
     rdb = storage if isinstance(storage, optuna.storages.RDBStorage) else None
     study_id = storage.get_study_id_from_name(plan.study_name)
@@ -159,9 +161,27 @@ def reference_points(plan: Plan, config: DictConfig) -> list[tuple[str, dict[str
     return kept
 
 
-def _check_joined(study: optuna.Study, plan: Plan, client: MlflowClient, uri: str, fixed: dict[str, Any]) -> str:
+def differing(recorded: dict[str, Any], fixed: dict[str, Any], defaults: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between a study's recorded fixed config and a joining
+    worker's; a key the record lacks (added to the code after the study was made) differs only
+    where the worker's value is not its shipped default (``defaults``: the study ran without it)."""
+    keys = recorded.keys() | fixed.keys()
+    return sorted(
+        k
+        for k in keys
+        if recorded.get(k, "-") != fixed.get(k, "-")
+        and not (k not in recorded and k in defaults and fixed[k] == defaults[k])
+    )
+
+
+def _check_joined(study: optuna.Study, plan: Plan, client: MlflowClient, uri: str, forms: tuple[dict, ...]) -> str:
     """A worker joining a study: same direction, same fixed config; wait for the creator to
-    finish setting the study up (it is a few database writes behind). Returns the parent run."""
+    finish setting the study up (it is a few database writes behind). Returns the parent run.
+
+    ``forms``: the worker's fixed config as trials run with it, the same without the search
+    space's fixed values (what studies made before those were applied recorded), and the
+    shipped defaults. The worker joins when the study's record matches either form, keys the
+    record lacks taking their defaults; a refusal names the keys that differ from the first."""
     name = plan.study_name
     if study.direction != plan.direction:
         raise UserError(
@@ -171,10 +191,10 @@ def _check_joined(study: optuna.Study, plan: Plan, client: MlflowClient, uri: st
         )
     attrs = _recorded_attrs(study, name)
     recorded = attrs.get(protocol.STUDY_FIXED_CONFIG, {})
-    differing = sorted(k for k in recorded.keys() | fixed.keys() if recorded.get(k, "-") != fixed.get(k, "-"))
-    if differing:
-        shown = ", ".join(f"{k}: study {recorded.get(k, '-')!r}, now {fixed.get(k, '-')!r}" for k in differing[:4])
-        more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
+    (fixed, older, defaults), differ = forms, differing(recorded, forms[0], forms[2])
+    if differ and differing(recorded, older, defaults):
+        shown = ", ".join(f"{k}: study {recorded.get(k, '-')!r}, now {fixed.get(k, '-')!r}" for k in differ[:4])
+        more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
         raise UserError(
             f"study {name!r} was created with another fixed config ({shown}{more}): "
             "its trials would not be comparable; use another hydra.sweeper.study_name"
