@@ -15,10 +15,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import requests
 
 from tests.helpers import ROOT, Sweep, subprocess_env
-from tests.web import ensure_chromium, free_port
+from tests.web import ensure_chromium, free_port, wait_until_up
 
 pytestmark = pytest.mark.slow  # a sweep, an MLflow server, Chromium
 
@@ -45,22 +44,12 @@ def server(swept: tuple[Sweep, str]) -> Iterator[str]:
     process = subprocess.Popen(command, cwd=sweep.root, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while not _healthy(url):
-            if process.poll() is not None or time.time() > deadline:
-                pytest.fail(f"mlflow server did not start: {(sweep.root / 'mlflow-server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+        wait_until_up(url, process, "mlflow server", (sweep.root / "mlflow-server.log").read_text)
         yield url
     finally:
         process.terminate()
         process.wait(timeout=30)
         log.close()
-
-
-def _healthy(url: str) -> bool:
-    with contextlib.suppress(requests.RequestException):
-        return requests.get(f"{url}/health", timeout=5).status_code == 200
-    return False
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +146,17 @@ def test_the_parent_run_shows_the_whole_leaderboard_with_links(swept, server, pa
     page.get_by_text("Show more").first.click()  # MLflow folds a long description after two lines
     for i in range(links.count()):  # every row, its link on top where it is drawn (not under a fold)
         links.nth(i).scroll_into_view_if_needed()
-        assert links.nth(i).evaluate(ON_TOP) and shown_whole(links.nth(i)), i
+        assert on_top_and_whole(links.nth(i), page), i
 
 
 ON_TOP = """e => { const b = e.getBoundingClientRect();
                    return e.contains(document.elementFromPoint(b.left + 2, b.top + b.height / 2)); }"""
+
+
+def on_top_and_whole(element, page, seconds: float = 10) -> bool:  # noqa: ANN001 - Playwright's locator and page
+    """Whether ``element`` is drawn on top and whole, polled for up to ``seconds``: the fold
+    opens with an animation, slow on a loaded machine."""
+    deadline = time.monotonic() + seconds
+    while not (ok := element.evaluate(ON_TOP) and shown_whole(element)) and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    return ok

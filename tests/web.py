@@ -2,6 +2,7 @@
 
 with running_app(env) as url: ...        # python -m mlp.serve on a free port, until the block ends
 chromium = ensure_chromium()             # /usr/bin/chromium; as root installed with apt-get when missing
+wait_until_up(url, process, what, output)  # until url/health answers, or the test fails with the output
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import pytest
@@ -40,19 +41,26 @@ def running_app(env: dict[str, str], *args: str, log: IO[str] | None = None) -> 
     server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{url}/health", timeout=10).status_code in (200, 503):
-                    break
-            if server.poll() is not None or time.time() > deadline:
-                server.kill()
-                pytest.fail(f"the web app did not start: {(server.communicate()[0] or '')[-2000:]}")
-            time.sleep(0.2)
+        wait_until_up(url, server, "the web app", lambda: server.communicate()[0] or "", answers=(200, 503))
         yield url
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def wait_until_up(url: str, server: subprocess.Popen, what: str, output: Callable[[], str],
+                  answers: tuple[int, ...] = (200,), timeout: float = 120) -> None:  # fmt: skip
+    """Until ``url``/health answers one of ``answers``; the test fails with the server's last
+    output (``output()``) if it ends or takes longer than ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(f"{url}/health", timeout=10).status_code in answers:
+                return
+        if server.poll() is not None or time.time() > deadline:
+            server.kill()
+            pytest.fail(f"{what} did not start: {output()[-2000:]}")
+        time.sleep(0.2)
 
 
 def ensure_chromium() -> str:

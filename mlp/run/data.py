@@ -330,7 +330,7 @@ class RandomElastic(RandomAffine):
         self.rows = torch.cat([field, base])  # [k*k + 3, 784]
         self.on_device: dict[torch.device, tuple[torch.Tensor, torch.Generator]] = {}
 
-    def _rows(self, device: torch.device, generator: torch.Generator) -> tuple[torch.Tensor, torch.Generator]:
+    def rows_on(self, device: torch.device, generator: torch.Generator) -> tuple[torch.Tensor, torch.Generator]:
         """The product's rows on ``device``, and the generator of its noise: ``generator`` on the
         CPU; elsewhere one on ``device`` seeded from it for each batch (one CPU draw, no copy of noise
         from the host). Deterministic under the run's seed either way."""
@@ -344,7 +344,7 @@ class RandomElastic(RandomAffine):
     def grid(self, theta: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """[B, 28, 28, 2]: where each output pixel samples its image (x, y), in grid units."""
         b, device = len(theta), theta.device
-        rows, g = self._rows(device, generator)
+        rows, g = self.rows_on(device, generator)
         coefficients = torch.empty(b, 2, self.k2 + 3, device=device, dtype=theta.dtype).uniform_(-1, 1, generator=g)
         coefficients[..., self.k2 :] = theta
         return (coefficients @ rows.to(theta.dtype)).view(b, 2, 28, 28).permute(0, 2, 3, 1)
