@@ -95,6 +95,15 @@ def digit_photos(champion: dict, tmp_path_factory: pytest.TempPathFactory) -> li
 
 
 @pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A real PostgreSQL server and `mlflow server` on PostgreSQL (tests/services.py), for the session."""
+    from tests.services import running_services  # only for the tests that start the servers
+
+    with running_services(tmp_path_factory.mktemp("services")) as services:
+        yield services
+
+
+@pytest.fixture(scope="session")
 def web_app(champion: dict) -> Iterator[str]:
     """The web app (`python -m mlp.serve`, as `make serve` starts it) serving the champion; its URL."""
     from tests.web import running_app
@@ -106,7 +115,9 @@ def web_app(champion: dict) -> Iterator[str]:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (`make test` runs two workers, --dist loadgroup), each module runs on
     one worker, so its module fixtures are made once, and the tests that read the session's
-    champion model all run on the same worker, so it is trained once."""
+    champion model all run on the same worker, so it is trained once; so do the tests of the
+    PostgreSQL server and mlflow server (``services``), started once."""
     for item in items:
-        group = "champion" if "champion" in getattr(item, "fixturenames", ()) else item.module.__name__
+        names = getattr(item, "fixturenames", ())
+        group = "champion" if "champion" in names else "services" if "services" in names else item.module.__name__
         item.add_marker(pytest.mark.xdist_group(group))

@@ -100,6 +100,10 @@ CORES = "1 to 2 (this machine's cores), or -1 to -2"
         (["hydra/launcher=joblib", "hydra.launcher.n_jobs=0"], f"hydra.launcher.n_jobs=0 is not accepted: {''}"),
         (["hydra/launcher=joblib", "hydra.launcher.n_jobs=-3"], "hydra.launcher.n_jobs=-3 is not accepted"),
         (["hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=3"], "hydra.sweeper.n_jobs=3 is not accepted"),
+        (
+            ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1", "hydra.sweeper.n_jobs=2"],
+            "hydra.launcher.n_jobs=1 is not accepted: expected at least hydra.sweeper.n_jobs (2), or -1: each trial",
+        ),  # fmt: skip
         (["hydra.sweeper.n_jobs=2"], "hydra.sweeper.n_jobs=2 is not accepted: expected 1 with Hydra's basic launcher"),
         (["hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0 is not accepted"),
         (

@@ -123,14 +123,6 @@ def test_three_workers_on_sqlite_one_killed(tmp_path: Path) -> None:
     assert not set(new) & before and len(set(new)) == 2
 
 
-@pytest.fixture(scope="module")
-def services(tmp_path_factory: pytest.TempPathFactory):
-    from tests.services import running_services
-
-    with running_services(tmp_path_factory.mktemp("services")) as services:
-        yield services
-
-
 def test_three_workers_on_postgresql_and_an_mlflow_server(tmp_path: Path, services: dict) -> None:
     env = subprocess_env(MLFLOW_TRACKING_URI=services["tracking_uri"])
     run_three_workers(tmp_path, services["storage_url"], env, MlflowClient(services["tracking_uri"]))

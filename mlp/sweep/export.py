@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp.errors import UserError, first_line
 from mlp.run.winner_files import winner_record
+from mlp.sweep.kill_points import reach
 from mlp.sweep.report import trial_runs
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,7 @@ def write_atomic(path: Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())  # on disk before it takes the name: a crash leaves the old file, not an empty one
         os.chmod(tmp, 0o644)
+        reach("winner")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

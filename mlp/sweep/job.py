@@ -19,6 +19,7 @@ from hydra.utils import instantiate
 
 from mlp.errors import ConfigError, UserError, first_line
 from mlp.sweep import protocol
+from mlp.sweep.kill_points import reach
 from mlp.sweep.storage import open_storage
 
 
@@ -60,6 +61,8 @@ def make_pruner(spec: Any) -> optuna.pruners.BasePruner | None:
 def judge(sweep: Any) -> TrialLink | None:
     """What hears a job's epochs: its trial's link when the job is a pruned sweep trial (the
     run config's ``sweep`` group, set by the worker), else None."""
+    if sweep.trial is not None:
+        reach("job")
     return TrialLink.open(sweep.storage, sweep.study, sweep.trial)
 
 

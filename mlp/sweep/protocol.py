@@ -45,6 +45,8 @@ def trial_overrides(study: str, number: int, run_id: str, storage: str | None, s
 # -- Optuna trial attributes (user attributes) ---------------------------------------------------
 ATTR_RUN_ID = "mlflow_run_id"  # the trial's MLflow run (reports find runs by it, never by name)
 ATTR_WORKER = "worker"  # host:pid of the worker that ran it
+ATTR_CLAIMED = "claimed_as"  # the trial's own number, set by its worker right after asking (a retry copies
+#                              its dead trial's attributes, so the number tells whose claim it is)
 ATTR_PRUNER = "pruner"  # the pruner's spec: the job builds the same pruner from it
 ATTR_PRUNED_AT = "pruned_at_epoch"  # set by the job when its pruner stopped it; the worker tells PRUNED
 ATTR_FAILURE = "failure_reason"  # why it failed (also the MLflow tag FAILURE below)

@@ -12,6 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from mlp.errors import UserError, first_line
+from mlp.sweep.kill_points import reach
 from mlp.sweep.space import SearchSpace
 
 
@@ -32,6 +33,7 @@ class PerTrialSampler(optuna.samplers.BaseSampler):
         self.current = make(seed)
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        reach("ask")  # called inside study.ask(), once the trial exists
         self.current = self.make(None if self.seed is None else trial_seed(self.seed, trial.number))
         self.current.before_trial(study, trial)
 
@@ -39,9 +41,11 @@ class PerTrialSampler(optuna.samplers.BaseSampler):
         return self.current.infer_relative_search_space(study, trial)
 
     def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
+        reach("sampler")
         return self.current.sample_relative(study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
+        reach("sampler")
         return self.current.sample_independent(study, trial, param_name, param_distribution)
 
     def after_trial(self, study, trial, state, values):  # noqa: ANN001, ANN201

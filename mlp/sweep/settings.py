@@ -120,9 +120,13 @@ def check_settings(config: DictConfig) -> int:
         check("best_config", False, f"a file path in a writable folder, or null for no winner file ({problem})")
     launcher = config.hydra.get("launcher") or {}
     kind = str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
+    pool = 0  # joblib's processes, when it is the launcher
     if "n_jobs" in launcher:
-        trials_at_a_time(launcher.n_jobs, "hydra.launcher.n_jobs", kind in LOCAL_LAUNCHERS)
+        pool = trials_at_a_time(launcher.n_jobs, "hydra.launcher.n_jobs", kind in LOCAL_LAUNCHERS)
     n_jobs = trials_at_a_time(s.n_jobs, "hydra.sweeper.n_jobs", kind in LOCAL_LAUNCHERS)
+    if 0 < pool < n_jobs:  # joblib's pool of processes: each trial in flight takes one
+        raise ConfigError("hydra.launcher.n_jobs", launcher.n_jobs, f"at least hydra.sweeper.n_jobs ({n_jobs}), or -1: "
+                          "each trial in flight takes one of joblib's processes")  # fmt: skip
     if n_jobs > 1 and kind == "BasicLauncher":  # it runs a batch one job after the other: the others would wait
         check("n_jobs", False, f"1 with Hydra's basic launcher (it runs one trial at a time); {PARALLEL_LAUNCHERS}")
     return n_jobs

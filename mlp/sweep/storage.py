@@ -4,6 +4,7 @@ application's database is left alone), and opened by one process at a time when 
 from __future__ import annotations
 
 import random
+import sqlite3
 import time
 from typing import Any
 
@@ -30,10 +31,18 @@ def storage_tables(url: str) -> set[str] | None:
     """The tables of the database at ``url``, read without creating or changing anything; None
     when there is no database yet (a SQLite file that does not exist or is empty)."""
     if (path := sqlite_file(url)) is not None:
-        if not path.exists() or (path.is_file() and path.stat().st_size == 0):
-            return None
-        with read_only(path) as db:
-            return table_names(db)
+        for attempt in range(CREATION_ATTEMPTS):
+            if not path.exists() or (path.is_file() and path.stat().st_size == 0):
+                return None
+            try:
+                with read_only(path) as db:
+                    return table_names(db)
+            except sqlite3.OperationalError as e:
+                # While another worker creates the tables, a read-only look may meet its journal and
+                # fail with "attempt to write a readonly database": a moment later the file is whole.
+                if "readonly" not in str(e) or attempt == CREATION_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.1 + random.random())
     engine = sqlalchemy.create_engine(url, **engine_kwargs(url))
     try:
         return set(sqlalchemy.inspect(engine).get_table_names())

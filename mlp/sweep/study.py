@@ -60,15 +60,28 @@ def end_run(client: MlflowClient, run_id: str | None, status: str, reason: str |
 class EndRunAndRetry(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """For a trial whose worker died: end its MLflow run KILLED, then enqueue it again once."""
 
-    def __init__(self, client: MlflowClient, max_retry: int):
+    def __init__(self, client: MlflowClient, experiment_id: str, study_name: str, max_retry: int):
         super().__init__(max_retry=max_retry)
-        self.client = client
+        self.client, self.experiment_id, self.study_name = client, experiment_id, study_name
 
     def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        reason = "its worker stopped sending heartbeats (killed, or its machine died)"
+        reason = "its worker died (no heartbeat for the grace period: killed, or its machine died)"
         log.warning("trial %d: %s; marked FAIL", trial.number, reason)
-        end_run(self.client, trial.user_attrs.get(protocol.ATTR_RUN_ID), "KILLED", reason)
+        for run_id in self.runs_of(trial):
+            end_run(self.client, run_id, "KILLED", reason)
         super().__call__(study, trial)
+
+    def runs_of(self, trial: optuna.trial.FrozenTrial) -> set[str]:
+        """The trial's run by the id stored on it, and any RUNNING run tagged with its number: a
+        worker killed between opening the run and storing its id leaves such a one."""
+        ids = {trial.user_attrs.get(protocol.ATTR_RUN_ID)} - {None}
+        tagged = (
+            f"tags.`{protocol.TAG_STUDY}` = {protocol.quoted(self.study_name)} "
+            f"AND tags.`{protocol.TAG_TRIAL}` = '{trial.number}' AND attributes.status = 'RUNNING'"
+        )
+        with contextlib.suppress(Exception):  # the tracking store is gone: the stored id is all there is
+            ids |= {r.info.run_id for r in self.client.search_runs([self.experiment_id], filter_string=tagged)}
+        return ids
 
 
 def join(plan: Plan, config: DictConfig) -> Joined:
@@ -77,7 +90,7 @@ def join(plan: Plan, config: DictConfig) -> Joined:
         check_storage(plan.storage)  # another application's database is left as it is, and no tracking store made
     uri, experiment_id = tracking.use_experiment(config.tracking)
     client = MlflowClient(uri)
-    storage = _storage(plan, client)
+    storage = _storage(plan, EndRunAndRetry(client, experiment_id, plan.study_name, int(plan.settings.max_retry)))
     searched = set(plan.space.distributions)
     fixed = fixed_config(config, searched, plan.space.fixed)  # as the trials run: recorded, compared
     forms = (fixed, fixed_config(config, searched), shipped_defaults(config))  # + the older form, the defaults
@@ -95,7 +108,7 @@ def join(plan: Plan, config: DictConfig) -> Joined:
     return Joined(study, storage, rdb, study_id, client, uri, experiment_id, parent_id, created)
 
 
-def _storage(plan: Plan, client: MlflowClient) -> Any:
+def _storage(plan: Plan, on_dead_trial: EndRunAndRetry) -> Any:
     """The study storage: in memory, or the database with Optuna's heartbeat settings."""
     if plan.storage is None:
         return optuna.storages.InMemoryStorage()
@@ -106,7 +119,7 @@ def _storage(plan: Plan, client: MlflowClient) -> Any:
             plan.storage,
             heartbeat_interval=max(1, int(plan.heartbeat_interval)),
             grace_period=max(2, int(plan.grace)),
-            heartbeat_stale_trial_callback=EndRunAndRetry(client, int(plan.settings.max_retry)),
+            heartbeat_stale_trial_callback=on_dead_trial,
         )
     except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a server that does not answer
         raise ConfigError("hydra.sweeper.storage", plan.storage, f"{STORAGE_CHOICES} ({first_line(e)})") from e

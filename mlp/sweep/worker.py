@@ -7,10 +7,12 @@ What a worker does, in order:
 2. creates the study, or joins it (mlp.sweep.study): whichever worker creates it records the
    study's fixed config (everything not searched), opens the study's one MLflow parent run, and
    enqueues the base config and the winner file's configuration as the first trials;
-3. runs ``n_trials`` trials, ``n_jobs`` at a time (ask -> launch -> tell, in ``run_batch``), each
-   sampled with a seed of its own (mlp.sweep.sampler). While trials run the worker
-   records Optuna's heartbeat for them; before each ask it fails the trials whose worker
-   stopped sending one (any machine), ends their MLflow runs KILLED, and Optuna's
+3. runs ``n_trials`` trials with ``n_jobs`` in flight: each of its slots asks for a trial,
+   launches its job through the launcher and tells Optuna how it ended, then asks for the next
+   at once (``run_slots``), so that no slot waits for another's trial. Each trial is sampled with
+   a seed of its own (mlp.sweep.sampler). While trials run the worker records Optuna's heartbeat
+   for them; before each ask it fails the trials whose worker died (any machine: no heartbeat,
+   or lost inside ``study.ask``), ends their MLflow runs KILLED, and Optuna's
    ``RetryHeartbeatStaleTrialCallback`` enqueues their configuration once more;
 4. before it ends, it runs retries that are still waiting and waits (at most one grace period)
    for trials of workers that may have died; then it logs the leaderboard and Optuna's plots to
@@ -25,13 +27,16 @@ MLflow-specific goes through public APIs.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import math
 import os
+import signal
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -40,6 +45,7 @@ from omegaconf import DictConfig
 from mlp.errors import UserError, first_line
 from mlp.sweep import protocol, report
 from mlp.sweep.export import WinnerKept, update_winner
+from mlp.sweep.kill_points import reach
 from mlp.sweep.settings import Plan
 from mlp.sweep.study import Joined, end_run, join
 
@@ -58,16 +64,16 @@ def run_worker(config: DictConfig, launcher: Any, arguments: list[str]) -> None:
 
 
 class Heartbeat:
-    """Records Optuna's heartbeat for the trials this worker has in flight, every ``interval`` s."""
+    """Records Optuna's heartbeat for the trials a worker has in flight, every ``interval`` s."""
 
-    def __init__(self, storage: optuna.storages.RDBStorage, trial_ids: list[int], interval: float):
-        self.storage, self.trial_ids, self.interval = storage, trial_ids, interval
+    def __init__(self, storage: optuna.storages.RDBStorage, flying: dict[int, int], interval: float):
+        self.storage, self.flying, self.interval = storage, flying, interval
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.beat, name="optuna-heartbeat", daemon=True)
 
     def beat(self) -> None:
         while True:
-            for trial_id in self.trial_ids:
+            for trial_id in list(self.flying.values()):  # a copy: slots add and remove trials meanwhile
                 try:
                     self.storage.record_heartbeat(trial_id)
                 except Exception as e:  # noqa: BLE001 - a blip of the database: the next beat retries
@@ -90,9 +96,14 @@ class Worker:
     def __init__(self, plan: Plan, joined: Joined, config: DictConfig, launcher: Any):
         self.plan, self.joined, self.config, self.launcher = plan, joined, config, launcher
         self.study, self.client = joined.study, joined.client
+        self.lock = threading.Lock()  # one ask or tell at a time; it guards the counters below
         self.job_idx = 0  # Hydra's job index of the next launch
-        self.mine: list[int] = []  # numbers of the trials this worker ran
+        self.mine: list[int] = []  # numbers of the trials this worker asked
+        self.told = 0  # of those, how many have ended
         self.failures = 0  # of those, how many failed
+        self.flying: dict[int, int] = {}  # trials in flight (asked, not yet told): number -> trial id
+        self.trials: dict[int, optuna.trial.Trial] = {}  # the same trials' Optuna objects, by number
+        self.errors: list[BaseException] = []  # what stopped a slot (the others then stop asking)
         log.info(
             "study %s (%s): %s; this worker runs %d trial(s), %d at a time; MLflow parent run %s",
             plan.study_name, plan.storage or "in memory",
@@ -105,8 +116,9 @@ class Worker:
     def run(self) -> None:
         status = "FAILED"
         try:
-            self.run_trials()
-            self.settle()
+            with self.heartbeat():
+                self.run_trials()
+                self.settle()
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
@@ -115,47 +127,100 @@ class Worker:
             self.finish(status)
 
     def run_trials(self) -> None:
-        """``n_trials`` trials, ``n_jobs`` at a time, until the timeout; stop when too many fail."""
-        done, settings = 0, self.plan.settings
+        """``n_trials`` trials, ``n_jobs`` in flight, until the timeout; stop when too many fail."""
+        settings, said = self.plan.settings, []
         deadline = time.monotonic() + float(settings.timeout or math.inf)
-        while done < self.plan.n_trials:
-            if time.monotonic() > deadline:
-                log.info("timeout of %s s reached after %d trial(s): no new trial started", settings.timeout, done)
-                return
-            self.fail_stale()
-            size = min(self.plan.n_jobs, self.plan.n_trials - done)
-            self.run_batch(size)
-            done += size
-            if self.failures / done > float(settings.max_failure_rate):
-                raise UserError(
-                    f"{self.failures} of this worker's {done} trials failed, more than max_failure_rate "
-                    f"{settings.max_failure_rate}: stopping (see each trial's {protocol.FAILURE} in MLflow)"
-                )
 
-    def run_batch(self, size: int) -> None:
-        """Ask -> launch -> tell for ``size`` trials at once."""
-        asked = [self.ask(slot) for slot in range(size)]
-        trials = [t for t, _ in asked]
-        self.mine += [t.number for t in trials]
-        with self.heartbeat(trials):
+        def more() -> bool:  # called under the lock, before each ask
+            if time.monotonic() > deadline:
+                if not said:
+                    log.info("timeout of %s s reached after %d trial(s): no new trial started", settings.timeout,
+                             len(self.mine))  # fmt: skip
+                said.append(True)
+                return False
+            return len(self.mine) < self.plan.n_trials and not self.too_many_failures()
+
+        self.run_slots(more)
+        if self.too_many_failures():
+            raise UserError(
+                f"{self.failures} of this worker's {self.told} trials failed, more than max_failure_rate "
+                f"{settings.max_failure_rate}: stopping (see each trial's {protocol.FAILURE} in MLflow)"
+            )
+
+    def too_many_failures(self) -> bool:
+        return self.told > 0 and self.failures / self.told > float(self.plan.settings.max_failure_rate)
+
+    def run_slots(self, more: Callable[[], bool]) -> None:
+        """Keep ``n_jobs`` trials in flight: each slot asks for its next trial as soon as its own
+        has ended, while ``more()`` says so. One slot runs in this thread (Hydra's basic launcher
+        runs the job here and needs the main thread); several run in threads of their own, each
+        launching one job at a time through the launcher, and this thread waits, ready for Ctrl-C."""
+        if self.plan.n_jobs == 1:
+            self.slot(None, more)
+            return
+        slots = [threading.Thread(target=self.guarded_slot, args=(i, more), daemon=True)
+                 for i in range(self.plan.n_jobs)]  # fmt: skip
+        for thread in slots:
+            thread.start()
+        try:
+            for thread in slots:
+                while thread.is_alive():
+                    thread.join(timeout=0.2)  # short waits: Ctrl-C and SIGTERM reach this thread
+        except BaseException as e:
+            self.interrupted(e)
+            raise
+        if self.errors:
+            raise self.errors[0]
+
+    def interrupted(self, e: BaseException) -> None:
+        """Ctrl-C or SIGTERM while slots run: no slot asks again, the trials in flight end
+        KILLED, and their jobs (this process's children with joblib and submitit_local) stop."""
+        self.errors.append(e)
+        locked = self.lock.acquire(timeout=10)  # a slot inside ask adds its trial first
+        try:
+            for number in list(self.flying):
+                self.end_trial(self.trials[number], "interrupted", killed=True)
+        finally:
+            if locked:
+                self.lock.release()
+        stop_children()
+
+    def guarded_slot(self, slot: int, more: Callable[[], bool]) -> None:
+        try:
+            self.slot(slot, more)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread, which raises it
+            self.errors.append(e)
+
+    def slot(self, slot: int | None, more: Callable[[], bool]) -> None:
+        """Ask -> launch -> tell, one trial after another, while ``more()``."""
+        while True:
+            with self.lock:
+                if self.errors or not more():
+                    return
+                self.fail_dead()
+                trial, overrides = self.ask(slot)
+                job_idx, self.job_idx = self.job_idx, self.job_idx + 1
+            if self.errors:  # interrupted while it asked
+                return
             try:
-                returns = self.launcher.launch([o for _, o in asked], initial_job_idx=self.job_idx)
+                reach("asked")
+                (ret,) = self.launcher.launch([overrides], initial_job_idx=job_idx)
             except BaseException as e:  # interrupted (Ctrl-C, SIGTERM) or the launcher broke
                 interrupted = isinstance(e, KeyboardInterrupt)
                 reason = "interrupted" if interrupted else f"launcher failed: {first_line(e)}"
-                for trial in trials:
-                    self.end_trial(trial, reason, killed=interrupted)
+                self.end_trial(trial, reason, killed=interrupted)
                 raise
-        self.job_idx += len(returns)
-        for trial, ret in zip(trials, returns, strict=True):
-            self.tell(trial, ret)
+            reach("tell")
+            with self.lock:
+                self.tell(trial, ret)
 
     # -- ask ---------------------------------------------------------------------------------
 
-    def ask(self, slot: int) -> tuple[optuna.trial.Trial, list[str]]:
-        """A new trial (or a waiting one: a reference config, a retry), its MLflow run, its overrides."""
+    def ask(self, slot: int | None) -> tuple[optuna.trial.Trial, list[str]]:
+        """A new trial (or a waiting one: a reference config, a retry), in flight from here on,
+        its MLflow run and its overrides."""
         for attempt in range(MAX_DUPLICATE_ASKS):
-            trial, frozen = self.new_trial()
+            trial, trial_id, frozen = self.new_trial()
             retry_of = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
             twin = None if retry_of is not None else self.same_config(frozen)
             if twin is None:
@@ -167,22 +232,27 @@ class Worker:
                 self.study.tell(trial, state=FAIL)
                 continue
             log.warning("trial %d repeats trial %d: the search space looks exhausted", trial.number, twin)
+        self.mine.append(trial.number)
+        self.flying[trial.number], self.trials[trial.number] = trial_id, trial
         run_id = self.open_run(trial, retry_of)
         return trial, [*self.plan.space.overrides(trial.params), *self.job_overrides(trial, run_id, slot)]
 
-    def new_trial(self) -> tuple[optuna.trial.Trial, optuna.trial.FrozenTrial]:
-        """Optuna's next trial with its parameters suggested, its first heartbeat recorded at once
-        (a trial with no heartbeat is never found dead); and the trial as stored (retry attributes)."""
+    def new_trial(self) -> tuple[optuna.trial.Trial, int, optuna.trial.FrozenTrial]:
+        """Optuna's next trial with its parameters suggested, its id, and the trial as stored (retry
+        attributes). Its first heartbeat is recorded at once, then this worker claims it
+        (``fail_dead``: a trial that dies before its claim was lost inside ``study.ask``)."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with optimize": we record it
             trial = self.study.ask()
-        trial_id = self.trial_id(trial)  # one lookup in the storage for both uses below
+        trial_id = self.trial_id(trial)  # one lookup in the storage for the uses below
         if self.joined.rdb is not None:
             self.joined.rdb.record_heartbeat(trial_id)
+        trial.set_user_attr(protocol.ATTR_WORKER, f"{os.uname().nodename}:{os.getpid()}")
+        trial.set_user_attr(protocol.ATTR_CLAIMED, trial.number)
         self.plan.space.suggest(trial)
         if self.plan.extend is not None:
             self.plan.extend(self.config, trial)
-        return trial, self.joined.storage.get_trial(trial_id)
+        return trial, trial_id, self.joined.storage.get_trial(trial_id)
 
     def same_config(self, trial: optuna.trial.FrozenTrial) -> int | None:
         """The number of an earlier trial with the same parameters that ran or runs, if any."""
@@ -204,30 +274,27 @@ class Worker:
             tags[protocol.TAG_RETRY_OF] = str(retry_of)
         run = self.client.create_run(self.joined.experiment_id, run_name=f"trial-{trial.number:03d}", tags=tags)
         trial.set_user_attr(protocol.ATTR_RUN_ID, run.info.run_id)
-        trial.set_user_attr(protocol.ATTR_WORKER, f"{os.uname().nodename}:{os.getpid()}")
         if self.plan.pruner_spec is not None:
             trial.set_user_attr(protocol.ATTR_PRUNER, self.plan.pruner_spec)  # the job reads it from the storage
         return run.info.run_id
 
-    def job_overrides(self, trial: optuna.trial.Trial, run_id: str, slot: int) -> list[str]:
-        """What tells the job which trial it is; parallel trials share the cores, recorded in the
-        trial's config so that model=best reruns the winner with the same arithmetic."""
-        parallel = self.plan.n_jobs > 1
+    def job_overrides(self, trial: optuna.trial.Trial, run_id: str, slot: int | None) -> list[str]:
+        """What tells the job which trial it is (and its slot when trials run in parallel);
+        parallel trials share the cores, recorded in the trial's config so that model=best reruns
+        the winner with the same arithmetic."""
         storage = self.plan.storage  # None: in memory, nothing for a job to report to
-        overrides = protocol.trial_overrides(
-            self.plan.study_name, trial.number, run_id, storage, slot if parallel else None
-        )
-        if parallel and self.config.trainer.threads == 0:
+        overrides = protocol.trial_overrides(self.plan.study_name, trial.number, run_id, storage, slot)
+        if slot is not None and self.config.trainer.threads == 0:
             overrides.append(f"{protocol.THREADS}={max(1, (os.cpu_count() or 1) // self.plan.n_jobs)}")
         return overrides
 
     def trial_id(self, trial: optuna.trial.Trial) -> int:
         return self.joined.storage.get_trial_id_from_study_id_trial_number(self.joined.study_id, trial.number)
 
-    def heartbeat(self, trials: list[optuna.trial.Trial]) -> contextlib.AbstractContextManager:
+    def heartbeat(self) -> contextlib.AbstractContextManager:
         if self.joined.rdb is None:
             return contextlib.nullcontext()
-        return Heartbeat(self.joined.rdb, [self.trial_id(t) for t in trials], self.plan.heartbeat_interval)
+        return Heartbeat(self.joined.rdb, self.flying, self.plan.heartbeat_interval)
 
     # -- tell --------------------------------------------------------------------------------
 
@@ -244,9 +311,11 @@ class Worker:
         pruned_at = self.joined.storage.get_trial(self.trial_id(trial)).user_attrs.get(protocol.ATTR_PRUNED_AT)
         if pruned_at is not None:  # its job stopped when the pruner said so: value = last report
             self.study.tell(trial, state=PRUNED, skip_if_finished=True)
+            self.landed(trial)
             log.info("trial %d: pruned after epoch %d (val acc %.4f)", trial.number, pruned_at, value)
             return
         self.study.tell(trial, value, skip_if_finished=True)
+        self.landed(trial)
         log.info(
             "trial %d: val acc %.4f  %s",
             trial.number,
@@ -261,11 +330,33 @@ class Worker:
             trial.set_user_attr(protocol.ATTR_FAILURE, reason[:1000])
         with contextlib.suppress(Exception):
             self.study.tell(trial, state=FAIL, skip_if_finished=True)
+        self.landed(trial)
         end_run(self.client, trial.user_attrs.get(protocol.ATTR_RUN_ID), "KILLED" if killed else "FAILED", reason)
 
-    def fail_stale(self) -> None:
-        if self.joined.rdb is not None:
-            optuna.storages.fail_stale_trials(self.study)
+    def landed(self, trial: optuna.trial.Trial) -> None:
+        """A trial of this worker's told: out of flight (its heartbeat stops), counted."""
+        self.flying.pop(trial.number, None)
+        self.trials.pop(trial.number, None)
+        self.told += 1
+
+    def fail_dead(self) -> None:
+        """Fail the trials whose worker died, on any machine: those whose heartbeat stopped, and
+        those lost inside ``study.ask`` (RUNNING for a grace period without their worker's claim,
+        ``protocol.ATTR_CLAIMED``). Their MLflow runs end KILLED and Optuna's retry callback
+        enqueues their configuration once more (mlp.sweep.study.EndRunAndRetry)."""
+        rdb = self.joined.rdb
+        if rdb is None:
+            return
+        optuna.storages.fail_stale_trials(self.study)
+        lost_before = datetime.datetime.now() - datetime.timedelta(seconds=self.plan.grace)  # Optuna's clock: local
+        for t in self.study.get_trials(deepcopy=False, states=(RUNNING,)):
+            claimed = t.user_attrs.get(protocol.ATTR_CLAIMED) == t.number
+            if claimed or not t.datetime_start or t.datetime_start > lost_before:
+                continue
+            trial_id = self.joined.storage.get_trial_id_from_study_id_trial_number(self.joined.study_id, t.number)
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                if rdb.set_trial_state_values(trial_id, state=FAIL):  # False: another worker failed it first
+                    rdb.get_heartbeat_stale_trial_callback()(self.study, rdb.get_trial(trial_id))
 
     def count(self, *states: optuna.trial.TrialState, others: bool = False) -> int:
         trials = self.study.get_trials(deepcopy=False, states=states)
@@ -281,9 +372,9 @@ class Worker:
         patience = self.plan.grace + 2 * self.plan.heartbeat_interval
         deadline, said = time.monotonic() + patience, False
         while True:
-            self.fail_stale()
+            self.fail_dead()
             if self.count(WAITING):
-                self.run_batch(min(self.plan.n_jobs, self.count(WAITING)))
+                self.run_slots(lambda: self.count(WAITING) > 0)
                 deadline = time.monotonic() + patience
                 continue
             others = self.count(RUNNING, others=True)
@@ -323,6 +414,7 @@ class Worker:
             report.report(self.study, self.client, parent_id)
         except Exception as e:  # noqa: BLE001 - a report that cannot be drawn must not lose the winner below
             log.warning("the study's report (leaderboard, plots) was not logged: %s", first_line(e))
+        reach("report")
         best = report.best_trial(self.study)
         if best is not None and settings.best_config:
             try:
@@ -347,6 +439,55 @@ class Worker:
                 self.client.set_terminated(self.joined.parent_id, status)
             except Exception as e:  # noqa: BLE001 - the tracking store is gone: say so, keep the error under way
                 log.warning("MLflow parent run %s not ended %s: %s", self.joined.parent_id, status, first_line(e))
+
+
+def stop_children(patience: float = 3.0) -> None:
+    """SIGTERM this process's descendants (the jobs of parallel launchers), then SIGKILL those
+    still there after ``patience`` seconds (submitit's jobs ignore SIGTERM)."""
+    found = job_processes(os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in found:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + patience
+        while (found := [p for p in found if alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def alive(pid: int) -> bool:
+    """Running (not ended, nor a zombie waiting for its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def job_processes(pid: int) -> list[int]:
+    """The processes under ``pid`` (Linux's /proc; elsewhere none) but joblib's resource tracker:
+    it ends by itself with its parent (killed, it warns of leaks)."""
+    return [p for p in descendants(pid) if b"resource_tracker" not in command_line(p)]
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes under ``pid``, from /proc (no psutil): children first."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (name)": state, ppid, ...
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], list(parents.get(pid, []))
+    while todo:
+        child = todo.pop(0)
+        found.append(child)
+        todo += parents.get(child, [])
+    return found
 
 
 @contextlib.contextmanager
