@@ -71,6 +71,14 @@ def printed_link(output: str, server: str) -> str:
     return found[0].replace("http://127.0.0.1:5000", server)
 
 
+def close_assistant(page) -> None:  # noqa: ANN001 - Playwright's page
+    """Close MLflow's Assistant panel if it is open: it opens beside the page on a first visit (on a
+    loaded machine a moment later), narrows the page, and tables wrap their cells."""
+    with contextlib.suppress(Exception):
+        page.get_by_role("button", name="Close").first.click(timeout=5000)
+        page.wait_for_timeout(500)
+
+
 def cell(page, row: int, column: str):
     return page.locator(f'.ag-row[row-index="{row}"] [col-id="{column}"]').first
 
@@ -103,9 +111,7 @@ def test_the_printed_link_shows_the_trials_best_first_with_scores_and_parameters
     page.goto(printed_link(output, server))
     page.wait_for_selector('.ag-row[row-index="2"]', timeout=60_000)
     page.wait_for_timeout(1000)  # the saved view's column widths are applied after the rows
-    with contextlib.suppress(Exception):  # MLflow's assistant panel opens beside the table on a first visit
-        page.get_by_role("button", name="Close").first.click(timeout=2000)
-        page.wait_for_timeout(500)
+    close_assistant(page)
     assert page.locator('.ag-row[row-index="3"]').count() == 0  # the study's trials only: not its parent
 
     runs = {r.info.run_id: r for r in sweep.runs("child")}
@@ -143,13 +149,21 @@ def test_the_parent_run_shows_the_whole_leaderboard_with_links(swept, server, pa
     links.first.wait_for(timeout=60_000)
     hrefs = [links.nth(i).get_attribute("href") for i in range(links.count())]
     assert [h.rsplit("/", 1)[-1] for h in hrefs] == [t.user_attrs["mlflow_run_id"] for t in trials]
+    close_assistant(page)
     page.get_by_text("Show more").first.click()  # MLflow folds a long description after two lines
     for i in range(links.count()):  # every row, its link on top where it is drawn (not under a fold)
         links.nth(i).scroll_into_view_if_needed()
-        assert on_top_and_whole(links.nth(i), page), i
+        if not on_top_and_whole(links.nth(i), page):
+            page.screenshot(path=str(SCREENSHOT.with_name("parent_failed.png")))
+            covering = links.nth(i).evaluate(COVERING)
+            pytest.fail(f"description link {i} is not on top and whole; at its place: {covering}")
 
 
-ON_TOP = """e => { const b = e.getBoundingClientRect();
+COVERING = """e => { const b = e.getClientRects()[0];
+                     const c = document.elementFromPoint(b.left + 2, b.top + b.height / 2);
+                     return JSON.stringify([b.left, b.top, b.width, b.height, window.innerWidth, window.innerHeight,
+                                            c && c.outerHTML.slice(0, 300)]); }"""
+ON_TOP = """e => { const b = e.getClientRects()[0];  // its first line, if it wraps
                    return e.contains(document.elementFromPoint(b.left + 2, b.top + b.height / 2)); }"""
 
 
