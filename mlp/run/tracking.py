@@ -193,14 +193,14 @@ def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], run_id: str 
     try:
         with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=run_name, tags=tags) as run:
             started.append(run.info.run_id)
-            if run_id is not None:
-                mlflow.set_tags(tags)
-            resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-            # A single run's sweep.* keys are all null: not params worth a column.
-            params = {k: v for k, v in flatten(resolved).items() if not (k.startswith("sweep.") and v is None)}
-            mlflow.log_params(params)
-            mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
-            try:
+            try:  # from here: interrupted while the params are logged too, the run ends KILLED (not FAILED)
+                if run_id is not None:
+                    mlflow.set_tags(tags)
+                resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+                # A single run's sweep.* keys are all null: not params worth a column.
+                params = {k: v for k, v in flatten(resolved).items() if not (k.startswith("sweep.") and v is None)}
+                mlflow.log_params(params)
+                mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
                 yield run
             except KeyboardInterrupt:
                 mlflow.set_tag(protocol.FAILURE, "interrupted (Ctrl-C or SIGTERM)")
