@@ -66,14 +66,14 @@ def run_worker(config: DictConfig, launcher: Any, arguments: list[str]) -> None:
 class Heartbeat:
     """Records Optuna's heartbeat for the trials a worker has in flight, every ``interval`` s."""
 
-    def __init__(self, storage: optuna.storages.RDBStorage, flying: dict[int, int], interval: float):
+    def __init__(self, storage: optuna.storages.RDBStorage, flying: dict[int, tuple[Any, int]], interval: float):
         self.storage, self.flying, self.interval = storage, flying, interval
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.beat, name="optuna-heartbeat", daemon=True)
 
     def beat(self) -> None:
         while True:
-            for trial_id in list(self.flying.values()):  # a copy: slots add and remove trials meanwhile
+            for _, trial_id in list(self.flying.values()):  # a copy: slots add and remove trials meanwhile
                 try:
                     self.storage.record_heartbeat(trial_id)
                 except Exception as e:  # noqa: BLE001 - a blip of the database: the next beat retries
@@ -101,8 +101,7 @@ class Worker:
         self.mine: list[int] = []  # numbers of the trials this worker asked
         self.told = 0  # of those, how many have ended
         self.failures = 0  # of those, how many failed
-        self.flying: dict[int, int] = {}  # trials in flight (asked, not yet told): number -> trial id
-        self.trials: dict[int, optuna.trial.Trial] = {}  # the same trials' Optuna objects, by number
+        self.flying: dict[int, tuple[optuna.trial.Trial, int]] = {}  # in flight (asked, not told): number -> trial, id
         self.errors: list[BaseException] = []  # what stopped a slot (the others then stop asking)
         log.info(
             "study %s (%s): %s; this worker runs %d trial(s), %d at a time; MLflow parent run %s",
@@ -178,8 +177,8 @@ class Worker:
         self.errors.append(e)
         locked = self.lock.acquire(timeout=10)  # a slot inside ask adds its trial first
         try:
-            for number in list(self.flying):
-                self.end_trial(self.trials[number], "interrupted", killed=True)
+            for trial, _ in list(self.flying.values()):
+                self.end_trial(trial, "interrupted", killed=True)
         finally:
             if locked:
                 self.lock.release()
@@ -233,7 +232,7 @@ class Worker:
                 continue
             log.warning("trial %d repeats trial %d: the search space looks exhausted", trial.number, twin)
         self.mine.append(trial.number)
-        self.flying[trial.number], self.trials[trial.number] = trial_id, trial
+        self.flying[trial.number] = (trial, trial_id)
         run_id = self.open_run(trial, retry_of)
         return trial, [*self.plan.space.overrides(trial.params), *self.job_overrides(trial, run_id, slot)]
 
@@ -336,7 +335,6 @@ class Worker:
     def landed(self, trial: optuna.trial.Trial) -> None:
         """A trial of this worker's told: out of flight (its heartbeat stops), counted."""
         self.flying.pop(trial.number, None)
-        self.trials.pop(trial.number, None)
         self.told += 1
 
     def fail_dead(self) -> None:
