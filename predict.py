@@ -4,6 +4,7 @@
     python predict.py photo.jpg scan.webp drawing.gif    # several at once: one line each
     python predict.py digit.png --save-input seen/       # also save the 28x28 image the model read
     python predict.py digit.png --model models:/mnist-mlp/3     # another version, or runs:/<run id>/model
+    python predict.py digit.png --model compact          # an alias of mnist-mlp: models:/mnist-mlp@compact
 
 Any size, colour or grey, dark ink on light paper or the reverse, a photo with uneven light:
 each picture becomes a 28x28 image the way MNIST's were made (mlp/serve/images.py). The champion
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, JPEG, BMP, GIF, WebP, ... files")
-    parser.add_argument("--model", default=None, help="model URI (default: models:/mnist-mlp@champion)")
+    parser.add_argument("--model", default=None, help="model URI, or an alias: champion (default), compact")
     parser.add_argument("--save-input", metavar="DIR", help="save the 28x28 image read, as DIR/<name>.28x28.png")
     args = parser.parse_args(argv)
 
@@ -38,12 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     from PIL import Image
 
     from mlp.serve import images
-    from mlp.serve.recognizer import DEFAULT_URI, Recognizer
+    from mlp.serve.recognizer import DEFAULT_URI, Recognizer, model_uri
 
     try:
         if args.save_input:  # before any image is read: a folder that cannot be written is said at once
             check_writable_folder("--save-input", args.save_input)
-        recognizer = Recognizer(args.model or DEFAULT_URI)
+        recognizer = Recognizer(model_uri(args.model) if args.model else DEFAULT_URI)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

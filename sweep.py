@@ -10,6 +10,8 @@
     python sweep.py plots --out plots/                # Optuna's plots as PNG files
     python sweep.py plots --mlflow                    # ...logged to the study's MLflow parent run
     python sweep.py link                              # each study's trials in the MLflow UI: the link to open
+    python sweep.py front                             # a multi-objective study's Pareto front (mnist-pareto)
+    python sweep.py compact --trial 12                # register a front trial's model as mnist-mlp@compact
     python sweep.py list --storage postgresql://user@host/optuna   # any Optuna storage URL
 
 Defaults (study name, storage) come from conf/hydra/sweeper/optuna.yaml, as the sweep's do.
@@ -37,11 +39,12 @@ from mlp.errors import UserError, first_line
 from mlp.run import tracking
 from mlp.run.winner_files import STUDY_NAME, STUDY_NAME_RULE, winner_file
 from mlp.sqlite_files import sqlite_file
-from mlp.sweep import protocol
-from mlp.sweep.export import update_winner
+from mlp.sweep import front, protocol
+from mlp.sweep.export import register_compact, update_winner
 from mlp.sweep.report import (
     SAVE,
     SAVED_VIEW,
+    front_rows,
     leaderboard,
     markdown_table,
     optuna_figures,
@@ -53,16 +56,16 @@ from mlp.sweep.report import (
 from mlp.sweep.storage import check_storage, engine_kwargs
 
 
-def defaults() -> tuple[str, str, str]:
-    """(study name, storage URL, winner file) as `python train.py -m hydra/sweeper=optuna` sets them."""
+def defaults(preset: str = "optuna") -> tuple[str, str, str, float]:
+    """(study, storage URL, winner file, compact_within) as `train.py -m hydra/sweeper=<preset>` sets them."""
     # Only when a default is needed: listings start without Hydra's composer and the schema (torch).
     from hydra import compose, initialize_config_dir
 
     import mlp.run.config  # noqa: F401 - puts the config schemas in Hydra's ConfigStore
 
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
-        sweeper = compose("config", ["hydra/sweeper=optuna"], return_hydra_config=True).hydra.sweeper
-    return sweeper.study_name, sweeper.storage, sweeper.best_config
+        sweeper = compose("config", [f"hydra/sweeper={preset}"], return_hydra_config=True).hydra.sweeper
+    return sweeper.study_name, sweeper.storage, sweeper.best_config, float(sweeper.compact_within)
 
 
 def existing_storage(url: str) -> optuna.storages.RDBStorage:
@@ -110,8 +113,11 @@ def cmd_list(args: argparse.Namespace) -> None:
     if not summaries:
         print(f"no studies in {args.storage}")
     for summary in summaries:
-        counts = state_counts(optuna.load_study(study_name=summary.study_name, storage=storage))
-        best = f"{summary.best_trial.value:.4f} (trial {summary.best_trial.number})" if summary.best_trial else "-"
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        counts, top = state_counts(study), front.most_accurate(study)
+        best = f"{front.accuracy(study, top):.4f} (trial {top.number})" if top else "-"
+        if front.several(study):
+            best += f"; Pareto front of {', '.join(front.names(study))}: {len(front.front(study))} trial(s)"
         print(
             f"{summary.study_name}: {counts.get('COMPLETE', 0)} complete, {counts.get('FAIL', 0)} failed, "
             f"{counts.get('PRUNED', 0)} pruned, {counts.get('RUNNING', 0)} running; best val acc {best}"
@@ -169,7 +175,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         raise UserError(f"study {args.study!r} has no complete trial to export")
     numbers = {t.number for t in study.get_trials(deepcopy=False)}
     if args.trial is None:
-        trial = study.best_trial
+        trial = front.most_accurate(study)
     elif args.trial in complete:
         trial = complete[args.trial]
     elif args.trial not in numbers:
@@ -184,7 +190,35 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"{out} already holds trial {trial.number} of study {args.study}")
         return
     kept = f"; the version it replaced is artifact previous/{out.name} of MLflow run {parent}" if existed else ""
-    print(f"wrote {out}: trial {trial.number}, validation accuracy {trial.value:.4f}{kept}")
+    print(f"wrote {out}: trial {trial.number}, validation accuracy {front.accuracy(study, trial):.4f}{kept}")
+
+
+def cmd_front(args: argparse.Namespace) -> None:
+    study = load_study(args.study, args.storage)
+    if not front.several(study):
+        raise UserError(f"study {args.study!r} has one objective ({front.names(study)[0]}): it has no Pareto front")
+    client = mlflow_client()
+    rows = front_rows(study, trial_runs(client, study) if client else {})
+    if not args.all:
+        rows = [{short_name(k): v for k, v in row.items() if k != "run_id"} for row in rows]
+    pick = front.compact_pick(study, args.within)
+    print(f"study {args.study}: Pareto front of {', '.join(front.names(study))}, most accurate first")
+    print(markdown_table(rows), end="")
+    print(f"compact pick (within {args.within} of the best validation accuracy): trial {pick.number}" if pick else "")
+
+
+def cmd_compact(args: argparse.Namespace) -> None:
+    study = load_study(args.study, args.storage)
+    trial = front.compact_pick(study, args.within) if args.trial is None else None
+    if args.trial is not None:
+        trial = next((t for t in study.get_trials(deepcopy=False) if t.number == args.trial), None)
+        if trial is None or trial.state != optuna.trial.TrialState.COMPLETE:
+            raise UserError(f"study {args.study!r} has no complete trial {args.trial}")
+    if trial is None:
+        raise UserError(f"study {args.study!r} has no Pareto front to pick from (several objectives, a complete trial)")
+    client = mlflow_client(need=f"trial {trial.number}'s model is in its MLflow run")
+    done = register_compact(study, trial, client, args.within, args.name)
+    print(f"trial {trial.number}: {done.summary()}")
 
 
 def cmd_plots(args: argparse.Namespace) -> None:
@@ -215,8 +249,19 @@ def positive(text: str) -> int:
     return int(text)
 
 
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a validation accuracy distance from 0 to 1, got {text!r}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
-    study, storage, best = defaults()
+    study, storage, best, _ = defaults()
+    pareto, _, _, within = defaults("optuna_pareto")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--storage", default=storage, help=f"Optuna storage URL (default: {storage})")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -244,6 +289,17 @@ def main(argv: list[str] | None = None) -> None:
     link = add("link", "where a study's trials are in the MLflow UI: best first, with their scores and parameters")
     link.add_argument("study", nargs="?", help="study name (default: every study in the storage)")
     link.set_defaults(func=cmd_link)
+    pareto_board = add("front", "a multi-objective study's Pareto front and its compact pick")
+    pareto_board.add_argument("study", nargs="?", default=pareto, help=f"study name (default: {pareto})")
+    pareto_board.add_argument("--all", action="store_true", help="with the MLflow run ids")
+    pareto_board.add_argument("--within", type=fraction, default=within, help=f"the compact rule's distance ({within})")
+    pareto_board.set_defaults(func=cmd_front)
+    compact = add("compact", "register a front trial's model as models:/<name>@compact")
+    compact.add_argument("study", nargs="?", default=pareto, help=f"study name (default: {pareto})")
+    compact.add_argument("--trial", type=int, help="trial number (default: the compact pick)")
+    compact.add_argument("--within", type=fraction, default=within, help=f"the rule's distance (default: {within})")
+    compact.add_argument("--name", default="mnist-mlp", help="registered model name (default: mnist-mlp)")
+    compact.set_defaults(func=cmd_compact)
     args = parser.parse_args(argv)
     try:
         with closed_pipe_quietly():

@@ -15,13 +15,16 @@ from tests.helpers import ROOT, subprocess_env
 pytestmark = pytest.mark.slow
 
 
-def test_sweep_quality_quick_prints_anytime_curves_and_medians(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/sweep_quality.py"), "--quick", "--seeds", "0", "--out", str(tmp_path)],
-        capture_output=True, text=True, env=subprocess_env(), timeout=300,
-    )  # fmt: skip
+def benchmark(script: str, *args: str) -> str:
+    """``python benchmarks/SCRIPT ARGS`` as a user runs it; its output, once it ended well."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
+                          capture_output=True, text=True, env=subprocess_env(), timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    return done.stdout
+
+
+def test_sweep_quality_quick_prints_anytime_curves_and_medians(tmp_path: Path) -> None:
+    out = benchmark("sweep_quality.py", "--quick", "--seeds", "0", "--out", str(tmp_path))
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith(("tpe-0", "random-0"))}
     assert set(rows) == {"tpe-0", "random-0"}
     for row in rows.values():
@@ -33,16 +36,20 @@ def test_sweep_quality_quick_prints_anytime_curves_and_medians(tmp_path: Path) -
 
 
 def test_run_parts_prints_every_part_and_the_start_up_floor() -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks/run_parts.py"), "data=synthetic", "trainer.epochs=2"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = dict(re.findall(r"^  (\S.*?\S)\s+(\d+\.\d\d) s\s+[\d.]+%$", done.stdout, flags=re.M))
+    out = benchmark("run_parts.py", "data=synthetic", "trainer.epochs=2")
+    rows = dict(re.findall(r"^  (\S.*?\S)\s+(\d+\.\d\d) s\s+[\d.]+%$", out, flags=re.M))
     assert {"whole process (wall)", "training epochs", "validation after epochs", "model to MLflow (pt2)"} <= set(rows)
     parts = sum(float(v) for k, v in rows.items() if k not in ("whole process (wall)", "outside training"))
     assert abs(parts - float(rows["whole process (wall)"])) <= 0.005 * len(rows)  # they add up (each printed rounded)
-    assert float(re.search(r"^  validation speed \(float32 forward passes\)\s+(\d+\.\d) GFLOP/s$", done.stdout,
+    assert float(re.search(r"^  validation speed \(float32 forward passes\)\s+(\d+\.\d) GFLOP/s$", out,
                            flags=re.M).group(1)) > 0  # fmt: skip
-    floor = re.search(r"^start-up floor: .* (\d+\.\d\d) s = [\d.]+% of imports \+ training", done.stdout, flags=re.M)
+    floor = re.search(r"^start-up floor: .* (\d+\.\d\d) s = [\d.]+% of imports \+ training", out, flags=re.M)
     assert floor and 0.2 < float(floor.group(1)) < float(rows["whole process (wall)"])
+
+
+def test_pareto_quick_prints_the_front_and_the_picks(tmp_path: Path) -> None:
+    out = benchmark("pareto.py", "--quick", "--requests", "20", "--dir", str(tmp_path))
+    assert "3 trials in " in out and "the Pareto front of val_acc, latency_ms, most accurate first:" in out
+    row = next(line for line in out.splitlines() if line.startswith("most accurate (champion recipe)"))
+    test_acc, weights, ms, p50 = row.split()[5:9]
+    assert 0.5 < float(test_acc) <= 1 and int(weights.replace(",", "")) > 7000 and 0 < float(ms) < float(p50)

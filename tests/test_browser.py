@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from mlp.serve import app
+from tests import web
 from tests.helpers import ROOT, subprocess_env
 from tests.test_serve import an_unsure_reading
-from tests.web import ensure_chromium, running_app
+from tests.web import running_app
 
 pytestmark = pytest.mark.slow  # Chromium, the web app, the champion
 
@@ -23,15 +24,8 @@ SCREENSHOT = ROOT / "outputs" / "browser" / "serve.png"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    executable = ensure_chromium()
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
+    with web.browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 def probabilities(page) -> list[float]:

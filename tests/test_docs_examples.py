@@ -193,6 +193,8 @@ def test_the_web_apps_curl_examples_answer_as_shown(shell) -> None:
         assert len(probs) == 10 and sum(probs) == pytest.approx(1, abs=1e-5) and max(probs) == probs[digit]
         assert len(got["image"]) == 28 and {len(row) for row in got["image"]} == {28}
         assert got["runner_up"]["digit"] != digit and got["runner_up"]["probability"] == sorted(probs)[-2]
+        assert got["model"]["uri"] == expected["model"]["uri"] and got["model"]["ms"] > 0
+        del got["model"]["ms"]  # the model's time for this image: it varies, the rest may not
         answers.setdefault(sample, []).append(got)
     assert sum(len(each) for each in answers.values()) >= 2  # a form's file and a raw body
     for each in answers.values():  # a form's file or the raw body: the same answer

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers import ROOT, Sweep, subprocess_env
-from tests.web import ensure_chromium, free_port, wait_until_up
+from tests.web import browser, free_port, wait_until_up
 
 pytestmark = pytest.mark.slow  # a sweep, an MLflow server, Chromium
 
@@ -54,14 +54,8 @@ def server(swept: tuple[Sweep, str]) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def page(server: str) -> Iterator:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        chromium = p.chromium.launch(
-            executable_path=ensure_chromium(), args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-        )
+    with browser() as chromium:
         yield chromium.new_page(viewport=VIEWPORT)
-        chromium.close()
 
 
 def printed_link(output: str, server: str) -> str:

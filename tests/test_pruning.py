@@ -89,7 +89,7 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep(monkeypatch: py
     assert isinstance(sweep.sampler, PerTrialSampler) and isinstance(
         sweep.sampler.current, optuna.samplers.RandomSampler
     )
-    assert (sweep.direction, sweep.study_name) == (optuna.study.StudyDirection.MINIMIZE, "other")
+    assert (sweep.directions, sweep.study_name) == ([optuna.study.StudyDirection.MINIMIZE], "other")
     assert (sweep.n_trials, sweep.n_jobs, sweep.settings.max_failure_rate, sweep.settings.storage) == (3, 4, 0.25, None)
     assert sweep.space.distributions["optimizer.lr"].choices == (1e-3, 3e-3)  # the command line joins params
     assert set(sweep.space.distributions) == {

@@ -126,8 +126,10 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
     before = shell(clone, "python sweep.py leaderboard --top 10")  # no sweep yet: one line naming what is there
     assert before.returncode == 2 and before.stderr.count("\n") == 1 and "run a sweep first" in before.stderr
 
-    (smoke,) = readme_lines(SMOKE)
-    assert shell(clone, smoke).returncode == 0
+    smokes = readme_lines(SMOKE)  # the default sweep's, and the multi-objective one's (smoke-pareto)
+    assert len(smokes) == 2 and any("optuna_pareto" in line for line in smokes)
+    for smoke in smokes:
+        assert shell(clone, smoke).returncode == 0, smoke
     # Its winner file selects the smoke trial's data (synthetic) and split: the rerun scores the same, to every digit.
     rerun = shell(clone, "python train.py model=best_smoke")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
@@ -157,7 +159,9 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
             continue
         assert done.returncode == 0, f"{line}\n{done.stderr[-2000:]}"
         assert done.stdout.strip() or "plots" in line, line
-    assert "smoke: 3 complete" in shell(clone, "python sweep.py list").stdout
+    listed = shell(clone, "python sweep.py list").stdout
+    assert "smoke: 3 complete" in listed and "smoke-pareto: 4 complete" in listed
+    assert "Pareto front of val_acc, latency_ms: " in listed
     exported = (clone / "t7.yaml").read_text()  # `export --trial 7 --out t7.yaml` asked for trial 7 of mnist-mlp
     assert exported.startswith("# @package _global_\n# winner: study=mnist-mlp trial=7 ")
     assert len(list((clone / "plots").glob("*.png"))) >= 4

@@ -22,6 +22,7 @@ from PIL import Image
 from mlp.run import data
 from mlp.run.experiment import run
 from mlp.serve import app, images
+from mlp.serve.recognizer import model_uri
 from tests.helpers import ROOT, subprocess_env
 from tests.test_images import drawn_seven, encoded
 from tests.web import running_app
@@ -97,8 +98,24 @@ def test_the_answer_names_the_runner_up_doubt_and_pieces_of_ink(web_app: str, di
 
     picture, answer = an_unsure_reading(web_app)
     body = requests.post(post, files={"file": ("blend.png", picture)}, timeout=30).json()
+    for each in (body, answer):
+        assert each["model"].pop("ms") > 0  # the model's time for the image varies; the rest may not
     assert body == answer and body["unsure"] and body["probabilities"][body["digit"]] < app.UNSURE_BELOW
     check_runner_up(body)
+
+
+def test_the_answer_says_which_model_answered_and_its_time(web_app: str, digit_photos: list) -> None:
+    body = requests.post(f"{web_app}/predict", data=digit_photos[0][0].read_bytes(), timeout=30).json()
+    health = requests.get(f"{web_app}/health", timeout=30).json()
+    assert body["model"]["uri"] == health["model"] and body["model"]["version"] == health["version"]
+    assert 0 < body["model"]["ms"] < 1000
+
+
+def test_an_alias_alone_names_the_projects_registered_model() -> None:
+    assert model_uri("compact") == "models:/mnist-mlp@compact"
+    assert model_uri("champion") == "models:/mnist-mlp@champion"
+    for uri in ("models:/other/3", "runs:/abc/model", "/tmp/model"):
+        assert model_uri(uri) == uri
 
 
 def test_the_page_and_docs_state_the_servers_threshold() -> None:

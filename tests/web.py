@@ -2,6 +2,8 @@
 
 with running_app(env) as url: ...        # python -m mlp.serve on a free port, until the block ends
 chromium = ensure_chromium()             # /usr/bin/chromium; as root installed with apt-get when missing
+with browser() as chromium: ...          # that Chromium, driven by Playwright
+with running_dashboard(storage) as url:  # optuna-dashboard reading a study storage, on a free port
 wait_until_up(url, process, what, output)  # until url/health answers, or the test fails with the output
 """
 
@@ -15,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import IO
 
 import pytest
@@ -49,18 +52,47 @@ def running_app(env: dict[str, str], *args: str, log: IO[str] | None = None) -> 
 
 
 def wait_until_up(url: str, server: subprocess.Popen, what: str, output: Callable[[], str],
-                  answers: tuple[int, ...] = (200,), timeout: float = 120) -> None:  # fmt: skip
+                  answers: tuple[int, ...] = (200,), timeout: float = 120, path: str = "/health") -> None:  # fmt: skip
     """Until ``url``/health answers one of ``answers``; the test fails with the server's last
     output (``output()``) if it ends or takes longer than ``timeout`` seconds."""
     deadline = time.time() + timeout
     while True:
         with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{url}/health", timeout=10).status_code in answers:
+            if requests.get(f"{url}{path}", timeout=10).status_code in answers:
                 return
         if server.poll() is not None or time.time() > deadline:
             server.kill()
             pytest.fail(f"{what} did not start: {output()[-2000:]}")
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def browser() -> Iterator:
+    """Debian's Chromium, headless, driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    executable = ensure_chromium()
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
+        yield chromium
+        chromium.close()
+
+
+@contextlib.contextmanager
+def running_dashboard(storage: str) -> Iterator[str]:
+    """optuna-dashboard (the Optuna project's web UI) reading ``storage``, on a free local port."""
+    port = free_port()
+    command = [str(Path(sys.executable).parent / "optuna-dashboard"), storage, "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, server, "optuna-dashboard", lambda: server.communicate()[0] or "", path="/api/studies")
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def ensure_chromium() -> str:

@@ -5,7 +5,7 @@ are reused as they are) plus a pruner, the winner file and Optuna's heartbeat. T
 project's own, on public APIs only: mlp/sweep/worker.py.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -26,6 +26,9 @@ class StudySweeperConf(OptunaSweeperConf):
     max_retry: int = 1  # times a dead worker's trial is run again by another worker
     timeout: float | None = None  # seconds after which this worker starts no new trial; null: n_trials decides
     replace_winner: bool = False  # write the winner file even when the one there scored better
+    enqueue_trials: list[Any] = field(default_factory=list)  # a new study's first trials: {searched key: value}
+    objectives: list[str] = field(default_factory=lambda: ["val_acc"])  # what each direction applies to, in order
+    compact_within: float = 0.002  # several objectives: the compact pick is within this of the best val_acc
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="study_sweeper_schema", node=StudySweeperConf, provider="mlp")

@@ -227,11 +227,14 @@ def _test_and_report(
     epochs_run = len(history)
     with clock("test"):
         test = training.evaluate(model, splits.test_x, splits.test_y)
+    served = DigitRecognizer(model, data.MEAN, data.STD)  # what the recognizer runs: its cost per image
     final = {
         "test/loss": test.loss,
         "test/acc": test.acc,
         "train_seconds": sum(h["epoch_seconds"] for h in history),
         "epochs_run": epochs_run,
+        protocol.METRIC_PARAMS: float(sum(p.numel() for p in model.parameters())),
+        protocol.METRIC_LATENCY: training.latency_ms(served, splits.test_images[:1]),
     }
     tracking.log_epoch({"epoch": epochs_run, **final})
     cm = training.confusion_matrix(splits.test_y, test.preds)

@@ -78,12 +78,13 @@ class Registered:
     champion: bool  # whether the alias moved to this version
     champion_version: str | None  # the version the alias points at afterwards (None: no champion)
     reason: str = ""  # why the alias stayed, or what it replaced
+    alias: str = CHAMPION  # the alias this is about (champion_version: the version it points at)
 
     def summary(self) -> str:
         if self.champion:
-            moved = f"registered as {self.name} version {self.version}, now models:/{self.name}@{CHAMPION}"
+            moved = f"registered as {self.name} version {self.version}, now models:/{self.name}@{self.alias}"
             return f"{moved} ({self.reason})" if self.reason else moved
-        stays = f"{CHAMPION} stays version {self.champion_version}" if self.champion_version else f"no {CHAMPION}"
+        stays = f"{self.alias} stays version {self.champion_version}" if self.champion_version else f"no {self.alias}"
         return f"registered as {self.name} version {self.version}; {stays}: {self.reason}"
 
 
@@ -144,3 +145,26 @@ def register(
         client.set_registered_model_alias(name, CHAMPION, number)
         return Registered(name, number, True, number, reason)
     return Registered(name, number, False, None if current is None else str(current.version), reason)
+
+
+COMPACT = "compact"  # the alias of the cheap model beside the champion (mlp.sweep.front's rule picks it)
+
+
+def register_as(
+    model_uri: str, name: str, alias: str, run_id: str, val_acc: float, tags: dict[str, str], trained_on: TrainedOn
+) -> Registered:
+    """Register ``model_uri`` under ``name`` and move ``alias`` to it, a model the caller has
+    already judged fit for it; as for the champion, only if it was trained on MNIST's canonical
+    split. Registered again only when ``alias`` does not already hold a version of ``run_id``."""
+    client = MlflowClient()
+    with contextlib.suppress(MlflowException):
+        current = client.get_model_version_by_alias(name, alias)
+        if current.run_id == run_id or current.tags.get("run_id") == run_id:
+            return Registered(name, str(current.version), True, str(current.version), "already", alias)
+    version_tags = {"run_id": run_id, "val_acc": repr(val_acc), **trained_on.tags(), **tags}
+    number = str(mlflow.register_model(model_uri, name, tags=version_tags).version)
+    if not trained_on.canonical:
+        reason = f"this model was trained on {trained_on}; only models trained on {canonical_split()} take an alias"
+        return Registered(name, number, False, None, reason, alias)
+    client.set_registered_model_alias(name, alias, number)
+    return Registered(name, number, True, number, "", alias)

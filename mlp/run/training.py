@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -181,3 +182,27 @@ def fit(
         if on_epoch(metrics):
             break
     return history
+
+
+LATENCY_REPEATS = 200  # single-image passes timed (after 20 untimed): the median is stable to a few percent
+
+
+def latency_ms(model: nn.Module, pixels: torch.Tensor, repeats: int = LATENCY_REPEATS) -> float:
+    """Milliseconds the model takes for one image, as the recognizer serves it: a copy on the
+    CPU in float32, one image at a time, one thread; the median of ``repeats`` passes. Measured
+    the same way in every run, so that runs (and a multi-objective study's trials) compare."""
+    served = copy.deepcopy(model).to("cpu", torch.float32).eval()
+    one = pixels[:1].to("cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        times = []
+        with torch.inference_mode():
+            for i in range(20 + repeats):
+                start = time.perf_counter()
+                served(one)
+                if i >= 20:
+                    times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return 1000 * sorted(times)[len(times) // 2]

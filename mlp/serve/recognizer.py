@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from mlp import PROJECT_ROOT
 from mlp.errors import UserError, first_line
 from mlp.run import tracking
-from mlp.run.registry import DEFAULT_URI
+from mlp.run.registry import DEFAULT_MODEL, DEFAULT_URI
 from mlp.sqlite_files import sqlite_file
 
 DEFAULT_DIR = PROJECT_ROOT / "mlruns"  # conf/config.yaml's tracking.dir
@@ -29,6 +29,12 @@ def use_tracking(uri: str | None = None) -> str:
     uri = tracking.tracking_uri(OmegaConf.create({"uri": uri, "dir": str(DEFAULT_DIR)}))  # as train.py resolves it
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def model_uri(text: str) -> str:
+    """A model URI as given (models:/..., runs:/..., a path), or an alias of the project's
+    registered model: ``compact`` is models:/mnist-mlp@compact."""
+    return text if ":" in text or "/" in text else f"models:/{DEFAULT_MODEL}@{text}"
 
 
 class NoModel(UserError):

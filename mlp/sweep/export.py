@@ -12,12 +12,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import optuna
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mlp.errors import UserError, first_line
+from mlp.run import registry
 from mlp.run.winner_files import winner_record
+from mlp.sweep import front
 from mlp.sweep.kill_points import reach
 from mlp.sweep.report import trial_runs
 
@@ -54,7 +57,7 @@ def best_values(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[
 
 
 def winner_yaml(
-    study_name: str, trial: optuna.trial.FrozenTrial, values: dict[str, Any], run_id: str, path: Path
+    study_name: str, trial: optuna.trial.FrozenTrial, acc: float, values: dict[str, Any], run_id: str, path: Path
 ) -> str:
     option = path.stem if path.parent.name == "model" else None
     rerun = (
@@ -64,9 +67,9 @@ def winner_yaml(
     )
     header = (
         "# @package _global_\n"
-        f"# winner: study={study_name} trial={trial.number} value={trial.value!r} run={run_id or 'unknown'}\n"
+        f"# winner: study={study_name} trial={trial.number} value={acc!r} run={run_id or 'unknown'}\n"
         f"# The best trial of Optuna study '{study_name}' ({datetime.date.today().isoformat()}): trial {trial.number}, "
-        f"validation accuracy {trial.value:.4f}, MLflow run {run_id or 'unknown'}.\n"
+        f"validation accuracy {acc:.4f}, MLflow run {run_id or 'unknown'}.\n"
         f"# Reproduce it with:  {rerun}\n"
     )
     return header + OmegaConf.to_yaml(OmegaConf.create(values))
@@ -94,13 +97,12 @@ def write_atomic(path: Path, text: str) -> None:
 class WinnerKept(UserError):
     """A winner file that records a better trial than the one offered: kept as it is."""
 
-    def __init__(
-        self, path: Path, recorded: tuple[str, int, float], trial: optuna.trial.FrozenTrial, study: str, flag: str
-    ):
+    def __init__(self, path: Path, recorded: tuple[str, int, float], offered: tuple[str, int, float], flag: str):
         self.path, (self.study, self.number, self.value) = path, recorded
+        study, number, value = offered
         super().__init__(
             f"{path} is kept: it holds trial {self.number} of study {self.study}, which scored {self.value:.4f}; "
-            f"trial {trial.number} of study {study} scored {trial.value:.4f}, no better ({flag} replaces it)"
+            f"trial {number} of study {study} scored {value:.4f}, no better ({flag} replaces it)"
         )
 
     @property
@@ -143,21 +145,22 @@ def update_winner(
     recorded = winner_record(path)
     if recorded is not None and recorded[:2] == (study.study_name, trial.number):
         return False
-    higher = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    if recorded is not None and not replace and (recorded[2] >= trial.value if higher else recorded[2] <= trial.value):
-        raise WinnerKept(path, recorded, trial, study.study_name, flag)
+    acc = front.accuracy(study, trial)  # with several objectives, validation accuracy decides (mlp.sweep.front)
+    higher = front.several(study) or study.direction == optuna.study.StudyDirection.MAXIMIZE
+    if recorded is not None and not replace and (recorded[2] >= acc if higher else recorded[2] <= acc):
+        raise WinnerKept(path, recorded, (study.study_name, trial.number, acc), flag)
     runs = trial_runs(client, study)
     run = runs.get(trial.number)
     values = best_values(trial_config(client, run, trial), run.data.tags if run else None)
     if path.exists():
         keep_previous(path, client, parent_id, study.study_name)
     try:
-        write_atomic(path, winner_yaml(study.study_name, trial, values, run.info.run_id, path))
+        write_atomic(path, winner_yaml(study.study_name, trial, acc, values, run.info.run_id, path))
     except OSError as e:
         raise UserError(
             f"cannot write {path}: {e.strerror or e} (a winner file needs a file path in a writable folder)"
         ) from e
-    log.info("wrote %s: trial %d, validation accuracy %.4f", path, trial.number, trial.value)
+    log.info("wrote %s: trial %d, validation accuracy %.4f", path, trial.number, acc)
     return True
 
 
@@ -174,3 +177,34 @@ def keep_previous(path: Path, client: MlflowClient, parent_id: str | None, study
         raise UserError(
             f"{path} is not replaced: its current version could not be kept in MLflow run {parent_id} ({first_line(e)})"
         ) from e
+
+
+def register_compact(
+    study: optuna.Study, trial: optuna.trial.FrozenTrial, client: MlflowClient, within: float, name: str
+) -> registry.Registered:
+    """Register ``trial``'s logged model under ``name`` with the alias ``compact``, beside the
+    champion, only when the trial may be the compact model: on the study's front and within
+    ``within`` of its best validation accuracy (mlp.sweep.front); else one line saying why."""
+    if (reason := front.why_not_compact(study, trial, within)) is not None:
+        raise UserError(f"trial {trial.number} does not become {name}@{registry.COMPACT}: {reason}")
+    run = trial_runs(client, study).get(trial.number)
+    if run is None:
+        raise UserError(f"trial {trial.number} has no MLflow run to take its model from")
+    trained_on = registry.TrainedOn.of(run.data.params) if "data.name" in run.data.params else None
+    if trained_on is None or not trained_on.canonical:
+        raise UserError(
+            f"trial {trial.number} was trained on {trained_on or 'unrecorded data'}: only models trained on "
+            f"{registry.canonical_split()} take an alias"
+        )
+    found = client.search_logged_models([run.info.experiment_id], f"source_run_id = '{run.info.run_id}'", max_results=1)
+    if not found:
+        raise UserError(
+            f"trial {trial.number}'s run logged no model: the trials must log theirs (tracking.log_model=true, "
+            "as hydra/sweeper=optuna_pareto sets)"
+        )
+    mlflow.set_tracking_uri(client.tracking_uri)  # mlflow.register_model's store: the study's
+    tags = {"study": study.study_name, "trial": str(trial.number), "role": registry.COMPACT}
+    if "test/acc" in run.data.metrics:
+        tags["test_acc"] = repr(run.data.metrics["test/acc"])
+    acc = front.accuracy(study, trial)
+    return registry.register_as(found[0].model_uri, name, registry.COMPACT, run.info.run_id, acc, tags, trained_on)

@@ -55,6 +55,13 @@ DUPLICATE = "duplicate of"  # how ATTR_FAILURE starts on a skipped repeat of an 
 
 # -- Optuna study attributes, recorded by the worker that created the study ----------------------
 OBJECTIVE = "val_acc"  # the study's metric name (train.py returns the validation accuracy): dashboards show it
+# A study's objectives by name (hydra.sweeper.objectives; Optuna's metric names), each read from the
+# metric of that name on the trial's MLflow run (train.py returns the validation accuracy; the
+# run logs the costs): what every run measures of its model the same way.
+METRIC_PARAMS = "cost/params"  # weights and biases
+METRIC_LATENCY = "cost/latency_ms"  # milliseconds per image: one image at a time, fp32, 1 CPU thread, median
+OBJECTIVE_METRICS = {OBJECTIVE: "val/acc", "params": METRIC_PARAMS, "latency_ms": METRIC_LATENCY,
+                     "train_seconds": "train_seconds"}  # fmt: skip
 STUDY_FIXED_CONFIG = "fixed_config"  # everything not searched: joining workers must match it
 STUDY_TRACKING_URI = "mlflow_tracking_uri"  # where its MLflow runs are
 STUDY_PARENT_RUN = "mlflow_parent_run_id"  # its one MLflow parent run
@@ -72,3 +79,4 @@ TAG_STORAGE = "sweep.storage"  # on the parent run: the study storage's URL
 PARENT_RUN = "mlflow.parentRunId"  # MLflow's own nesting tag, on a trial's run
 PARENT_BEST = "best."  # on the parent run: best.trial and best.<param> of the best trial
 PARENT_WINNER_KEPT = "winner.kept"  # on the parent run: why the winner file was not replaced
+TAG_ON_FRONT = "sweep.on_front"  # on a complete trial's run of a multi-objective study: true or false

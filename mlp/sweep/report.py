@@ -7,6 +7,7 @@ Trials are joined to their MLflow runs by the run id the sweeper stores on each 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ from mlflow.entities import Param
 from mlflow.tracking import MlflowClient
 
 from mlp.run import tracking
-from mlp.sweep import protocol
+from mlp.sweep import front, protocol
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +51,6 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     return counts
 
 
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The best COMPLETE trial, or None when none has completed."""
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-        return None
-    return study.best_trial
-
-
 def trial_runs(client: MlflowClient, study: optuna.Study) -> dict[int, Any]:
     """The MLflow run of each trial, by trial number, through the run id stored on the trial."""
     wanted = {
@@ -75,17 +69,20 @@ def trial_runs(client: MlflowClient, study: optuna.Study) -> dict[int, Any]:
 
 
 def leaderboard(study: optuna.Study, runs: dict[int, Any]) -> list[dict[str, Any]]:
-    """One row per finished or failed trial, best validation accuracy first."""
-    rows = []
+    """One row per finished or failed trial, best validation accuracy first (with several
+    objectives: the others, and on_front)."""
+    rows, several = [], front.several(study)
+    on_front = {t.number for t in front.front(study)} if several else set()
     for trial in study.get_trials(deepcopy=False):
         if trial.state in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING):
             continue
         run = runs.get(trial.number)
         metrics = run.data.metrics if run else {}
+        acc = front.accuracy(study, trial)
         row = {
             "trial": trial.number,
             "state": trial.state.name,
-            "val_acc": trial.value if trial.value is not None else "",
+            "val_acc": acc if acc is not None else "",
             "test_acc": metrics.get("test/acc", ""),
             "epochs": trial.params.get("trainer.epochs", run.data.params.get("trainer.epochs", "") if run else ""),
             "epochs_run": int(metrics["epochs_run"]) if "epochs_run" in metrics else "",
@@ -95,6 +92,9 @@ def leaderboard(study: optuna.Study, runs: dict[int, Any]) -> list[dict[str, Any
             else "",
             "run_id": run.info.run_id if run else "",
         }
+        if several:  # the other objectives, and whether the trial is on the front
+            row.update({k: v for k, v in front.values(study, trial).items() if k != protocol.OBJECTIVE})
+            row["on_front"] = "yes" if trial.number in on_front else ""
         row.update({k: v for k, v in trial.params.items() if k != "trainer.epochs"})
         rows.append(row)
     return sorted(rows, key=lambda r: (STATE_ORDER.get(r["state"], 2), -(r["val_acc"] or 0), r["trial"]))
@@ -120,14 +120,19 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
     import optuna.visualization.matplotlib as ov  # loads matplotlib's pyplot: only when plots are drawn
 
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" notes
-    figures = {}
+    figures, several = {}, front.several(study)
+    # With several objectives Optuna's plots need a target: validation accuracy; and the front is drawn.
+    on_accuracy = {"target": lambda t: front.accuracy(study, t), "target_name": protocol.OBJECTIVE} if several else {}
     for name, plot in (
-        ("optimization_history", ov.plot_optimization_history),
-        ("param_importances", ov.plot_param_importances),
-        ("parallel_coordinate", ov.plot_parallel_coordinate),
-        ("slice", ov.plot_slice),
+        ("pareto_front", functools.partial(ov.plot_pareto_front, target_names=front.names(study)) if several else None),
+        ("optimization_history", functools.partial(ov.plot_optimization_history, **on_accuracy)),
+        ("param_importances", functools.partial(ov.plot_param_importances, **on_accuracy)),
+        ("parallel_coordinate", functools.partial(ov.plot_parallel_coordinate, **on_accuracy)),
+        ("slice", functools.partial(ov.plot_slice, **on_accuracy)),
         ("intermediate_values", ov.plot_intermediate_values),
     ):
+        if plot is None:
+            continue
         if name == "intermediate_values" and not any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
             continue  # a sweep without a pruner reports none
         try:
@@ -145,6 +150,8 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
             show_pruned_ends(first, study)
         if name == "parallel_coordinate":
             spread_axes(fig, study)
+        if name == "pareto_front":
+            number_the_front(first, study)
         figures[f"optuna/{name}.png"] = fig
     return figures
 
@@ -159,6 +166,14 @@ def show_pruned_ends(ax: Any, study: optuna.Study) -> None:
             line.set_label(f"{line.get_label()} (pruned)")
     if pruned:
         ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", borderaxespad=0)
+
+
+def number_the_front(ax: Any, study: optuna.Study) -> None:
+    """Write each front trial's number beside its point: the figure then reads with the front table."""
+    if len(front.names(study)) != 2:
+        return  # three objectives: a 3-D plot, left as Optuna draws it
+    for t in front.front(study):
+        ax.annotate(f"#{t.number}", tuple(t.values), textcoords="offset points", xytext=(5, 5), fontsize=9)
 
 
 def spread_axes(fig: Any, study: optuna.Study) -> None:
@@ -226,8 +241,10 @@ def report(study: optuna.Study, client: MlflowClient, parent_id: str) -> None:
         client.log_metric(parent_id, f"trials_{state.lower()}", counts.get(state, 0))
     experiment_id = client.get_run(parent_id).info.experiment_id
     client.set_tag(parent_id, NOTE, description(study, rows, runs, experiment_id))
-    if (best := best_trial(study)) is not None:
-        record_best(client, parent_id, best, runs.get(best.number))
+    if (best := front.most_accurate(study)) is not None:
+        record_best(client, parent_id, best, front.accuracy(study, best), runs.get(best.number))
+    if front.several(study):
+        report_front(study, client, parent_id, runs)
     view = save_view(client, experiment_id, study, parent_id)
     for path, fig in optuna_figures(study).items():
         client.log_figure(parent_id, fig, path, save_kwargs=SAVE)
@@ -236,14 +253,14 @@ def report(study: optuna.Study, client: MlflowClient, parent_id: str) -> None:
         log.info("%s", line)
 
 
-def record_best(client: MlflowClient, parent_id: str, best: optuna.trial.FrozenTrial, run: Any) -> None:
+def record_best(client: MlflowClient, parent_id: str, best: optuna.trial.FrozenTrial, acc: float, run: Any) -> None:
     """The best trial on the parent: its validation and test accuracy under the children's metric
     names (a runs table sorted by val/acc puts the study beside its best trial), best/val_acc,
     best.* tags, and its parameters as the parent's params. MLflow never changes a param: when a
     later report finds another best trial, the params stay those of the first (param best.trial
     names it) and tag best.params_of says so; the tags and metrics follow the best."""
-    client.log_metric(parent_id, "best/val_acc", best.value)
-    client.log_metric(parent_id, "val/acc", best.value)
+    client.log_metric(parent_id, "best/val_acc", acc)
+    client.log_metric(parent_id, "val/acc", acc)
     if run is not None and "test/acc" in run.data.metrics:
         client.log_metric(parent_id, "test/acc", run.data.metrics["test/acc"])
     client.set_tag(parent_id, f"{protocol.PARENT_BEST}trial", str(best.number))
@@ -262,6 +279,31 @@ def record_best(client: MlflowClient, parent_id: str, best: optuna.trial.FrozenT
         log.warning("the study's parent run keeps the params of %s (MLflow params never change)", note)
 
 
+def front_rows(study: optuna.Study, runs: dict[int, Any]) -> list[dict[str, Any]]:
+    """The Pareto front, most accurate first: trial, objectives, test accuracy, parameters, run."""
+    rows = []
+    for t in front.front(study):
+        run = runs.get(t.number)
+        test = run.data.metrics.get("test/acc", "") if run else ""
+        rows.append({"trial": t.number, **front.values(study, t), "test_acc": test, **t.params,
+                     "run_id": run.info.run_id if run else ""})  # fmt: skip
+    return rows
+
+
+def report_front(study: optuna.Study, client: MlflowClient, parent_id: str, runs: dict[int, Any]) -> None:
+    """A multi-objective study's front on its parent run (front.csv, front.md), and each complete
+    trial's run tagged on the front or not (only where that changed)."""
+    rows = front_rows(study, runs)
+    client.log_text(parent_id, tracking.csv_text(rows), "front.csv")
+    client.log_text(parent_id, markdown_table(rows), "front.md")
+    on_front = {row["trial"] for row in rows}
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        run = runs.get(t.number)
+        flag = str(t.number in on_front).lower()
+        if run is not None and run.data.tags.get(protocol.TAG_ON_FRONT) != flag:
+            client.set_tag(run.info.run_id, protocol.TAG_ON_FRONT, flag)
+
+
 def short_name(key: str) -> str:
     """A column's name where space is short: data.max_rotation -> rotation, model.num_layers -> num_layers."""
     return key.rsplit(".", 1)[-1].removeprefix("max_")
@@ -274,6 +316,8 @@ def description(study: optuna.Study, rows: list[dict[str, Any]], runs: dict[int,
     counts = state_counts(study)
     done = ", ".join(f"{counts.get(s, 0)} {word}" for s, word in STATE_WORDS.items())
     head = f"**Study {study.study_name}**: {len(rows)} trials ({done}), best validation accuracy first.\n\n"
+    if front.several(study):
+        head = front_note(study, runs, experiment_id) + head
     params = {t.number: t.params for t in study.get_trials(deepcopy=False)}
     keys = list(dict.fromkeys(k for p in params.values() for k in p))
     lines = [
@@ -290,6 +334,22 @@ def description(study: optuna.Study, rows: list[dict[str, Any]], runs: dict[int,
             return head + "\n".join(lines) + tail
         lines.append(line)
     return head + "\n".join(lines) + "\n"
+
+
+def front_note(study: optuna.Study, runs: dict[int, Any], experiment_id: str) -> str:
+    """The front as the parent's description starts: trials (linked), objectives, test accuracy."""
+    names = front.names(study)
+    lines = [f"**Pareto front** of {', '.join(names)}: {len(front.front(study))} trials, most accurate first.", "",
+             "| run | " + " | ".join(names) + " | test acc |", "|---|" + "---|" * (len(names) + 1)]  # fmt: skip
+    for t in front.front(study):
+        run = runs.get(t.number)
+        name = f"[{run.info.run_name}](#/experiments/{experiment_id}/runs/{run.info.run_id})" if run else t.number
+        shown_values = [
+            f"{v:.4f}" if n == protocol.OBJECTIVE else f"{v:.4g}" for n, v in front.values(study, t).items()
+        ]
+        test = run.data.metrics.get("test/acc", "") if run else ""
+        lines.append(f"| {name} | " + " | ".join(shown_values) + f" | {_acc(test)} |")
+    return "\n".join(lines) + "\n\n"
 
 
 def _acc(value: Any) -> str:

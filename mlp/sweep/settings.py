@@ -20,6 +20,7 @@ from mlp.errors import ConfigError
 from mlp.run.config import GROUPS
 from mlp.run.tracking import flatten
 from mlp.run.winner_files import check_study_name
+from mlp.sweep import protocol
 from mlp.sweep.export import winner_path_problem
 from mlp.sweep.job import make_pruner
 from mlp.sweep.sampler import PerTrialSampler, sampler_factory
@@ -132,12 +133,56 @@ def check_settings(config: DictConfig) -> int:
     return n_jobs
 
 
-def one_direction(value: Any) -> optuna.study.StudyDirection:
-    directions = list(value) if OmegaConf.is_list(value) else [value]
-    directions = [getattr(d, "name", d) for d in directions]
-    if len(directions) != 1:
-        raise ConfigError("hydra.sweeper.direction", directions, "one direction: train.py returns one value")
-    return optuna.study.StudyDirection[str(directions[0]).upper()]
+def check_enqueued(points: Any, space: SearchSpace) -> None:
+    """hydra.sweeper.enqueue_trials: each a mapping of searched keys to values in their range (a
+    key fixed on the command line is not searched: its value there wins, the entry's is unused)."""
+    fixed = {f.split("=", 1)[0] for f in space.fixed}
+    for i, point in enumerate(points):
+        key = f"hydra.sweeper.enqueue_trials[{i}]"
+        if not OmegaConf.is_dict(point):
+            raise ConfigError(key, point, "a mapping of searched keys to values, e.g. {model.layer_size: 1024}")
+        for name, value in point.items():
+            if name in fixed:
+                continue
+            if name not in space.distributions:
+                raise ConfigError(f"{key}.{name}", value, f"a searched key: {', '.join(space.distributions)}")
+            if not space.contains_value(name, value):
+                raise ConfigError(f"{key}.{name}", value, space.describe(name))
+
+
+def objectives(settings: DictConfig, pruner: Any) -> tuple[list[str], list[optuna.study.StudyDirection]]:
+    """The study's objectives by name and their directions, as many of one as of the other. With
+    several, validation accuracy is one of them, maximised (the winner file is the most accurate
+    trial), and nothing prunes (Optuna prunes single-objective studies only)."""
+    value = settings.direction
+    directions = [str(getattr(d, "name", d)) for d in (value if OmegaConf.is_list(value) else [value])]
+    names = list(settings.get("objectives") or [protocol.OBJECTIVE])
+    known = ", ".join(protocol.OBJECTIVE_METRICS)
+    for i, name in enumerate(names):
+        if name not in protocol.OBJECTIVE_METRICS or names.index(name) != i:
+            raise ConfigError("hydra.sweeper.objectives", names, f"distinct names among {known}")
+    if any(d.lower() not in ("maximize", "minimize") for d in directions):
+        raise ConfigError("hydra.sweeper.direction", directions, "maximize or minimize, or a list of them")
+    if len(directions) != len(names):
+        raise ConfigError(
+            "hydra.sweeper.direction", directions,
+            f"one direction per objective: hydra.sweeper.objectives names {len(names)} ({', '.join(names)})",
+        )  # fmt: skip
+    found = [optuna.study.StudyDirection[d.upper()] for d in directions]
+    if len(names) > 1:
+        if dict(zip(names, directions, strict=True)).get(protocol.OBJECTIVE, "").lower() != "maximize":
+            raise ConfigError("hydra.sweeper.objectives", names, f"{protocol.OBJECTIVE} among them, maximized "
+                              "(a study's winner file is its most accurate trial)")  # fmt: skip
+        if pruner is not None:
+            raise ConfigError("hydra.sweeper.pruner", pruner["_target_"], "none with several objectives: Optuna "
+                              "prunes single-objective studies only (hydra/sweeper/pruner=none)")  # fmt: skip
+    check_fraction("compact_within", settings.get("compact_within", 0), "a validation accuracy distance from 0 to 1")
+    return names, found
+
+
+def check_fraction(key: str, value: Any, accepted: str) -> None:
+    if not (isinstance(value, int | float) and 0 <= value <= 1):
+        raise ConfigError(f"hydra.sweeper.{key}", value, accepted)
 
 
 @dataclass(frozen=True)
@@ -148,7 +193,8 @@ class Plan:
     n_trials: int
     n_jobs: int  # trials at a time
     space: SearchSpace
-    direction: optuna.study.StudyDirection
+    objectives: list[str]  # their names (protocol.OBJECTIVE_METRICS), as many as directions
+    directions: list[optuna.study.StudyDirection]
     sampler: PerTrialSampler
     pruner_spec: Any  # the pruner's config (None: no pruning); each pruned trial's job builds it from its attribute
     extend: Callable[[DictConfig, optuna.trial.Trial], None] | None  # hydra.sweeper.custom_search_space
@@ -169,13 +215,14 @@ class Plan:
             pruner_spec = None
         elif s.storage is None:
             raise ConfigError("hydra.sweeper.storage", None, "a storage URL when pruning (trials open it)")
-        direction = one_direction(s.direction)
+        names, directions = objectives(s, pruner_spec)
+        check_enqueued(s.get("enqueue_trials") or [], space)
         extend = None
         if s.custom_search_space:
             extend = get_method(s.custom_search_space)
         return cls(
             study_name=s.study_name, n_trials=int(s.n_trials), n_jobs=n_jobs, space=space,
-            direction=direction,
+            objectives=names, directions=directions,
             sampler=PerTrialSampler(sampler_factory(s.sampler, space), s.sampler.get("seed")),
             pruner_spec=pruner_spec, extend=extend, storage=None if s.storage is None else str(s.storage),
             heartbeat_interval=float(s.heartbeat_interval), grace=float(s.grace_period), settings=s,

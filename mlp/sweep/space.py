@@ -106,18 +106,26 @@ class SearchSpace:
 
     def contains(self, params: dict[str, Any]) -> bool:
         """Whether every searched key has a value inside its distribution."""
-        for name, dist in self.distributions.items():
-            if name not in params:
-                return False
-            value = params[name]
-            if isinstance(dist, CategoricalDistribution):
-                if value not in dist.choices:
-                    return False
-            elif not isinstance(value, int | float) or not dist.low <= value <= dist.high:
-                return False
-            elif isinstance(dist, IntDistribution) and (value - dist.low) % dist.step:
-                return False
-        return True
+        return all(name in params and self.contains_value(name, params[name]) for name in self.distributions)
+
+    def contains_value(self, name: str, value: Any) -> bool:
+        dist = self.distributions[name]
+        if value is None:
+            return False
+        if isinstance(dist, CategoricalDistribution):
+            return value in dist.choices
+        if isinstance(value, bool) or not isinstance(value, int | float) or not dist.low <= value <= dist.high:
+            return False
+        return not (isinstance(dist, IntDistribution) and (value - dist.low) % dist.step)
+
+    def describe(self, name: str) -> str:
+        """The key's range in words, for messages."""
+        dist = self.distributions[name]
+        if isinstance(dist, CategoricalDistribution):
+            return f"{name}: one of {', '.join(map(str, dist.choices))}"
+        step = f" in steps of {dist.step}" if getattr(dist, "step", None) and dist.step != 1 else ""
+        kind = "an integer" if isinstance(dist, IntDistribution) else "a number"
+        return f"{name}: {kind} from {dist.low} to {dist.high}{step}"
 
     def grid(self) -> dict[str, list[Any]]:
         """The values of each key, for Optuna's GridSampler (discrete spaces only)."""

@@ -96,7 +96,7 @@ def join(plan: Plan, config: DictConfig) -> Joined:
     forms = (fixed, fixed_config(config, searched), shipped_defaults(config))  # + the older form, the defaults
     try:
         study = optuna.create_study(
-            study_name=plan.study_name, storage=storage, sampler=plan.sampler, direction=plan.direction
+            study_name=plan.study_name, storage=storage, sampler=plan.sampler, directions=plan.directions
         )
         parent_id, created = _create_parent(study, plan, config, client, (uri, experiment_id), fixed), True
     except optuna.exceptions.DuplicatedStudyError:
@@ -140,7 +140,7 @@ def _create_parent(
             protocol.TAG_STORAGE: str(plan.storage),
         },
     )
-    study.set_metric_names([protocol.OBJECTIVE])  # optuna-dashboard and Optuna's plots name it
+    study.set_metric_names(plan.objectives)  # optuna-dashboard and Optuna's plots name them
     study.set_user_attr(protocol.STUDY_FIXED_CONFIG, fixed)
     study.set_user_attr(protocol.STUDY_TRACKING_URI, uri)
     study.set_user_attr(protocol.STUDY_PARENT_RUN, parent.info.run_id)
@@ -151,11 +151,14 @@ def _create_parent(
 
 
 def reference_points(plan: Plan, config: DictConfig) -> list[tuple[str, dict[str, Any]]]:
-    """Known-good configurations a new study starts from: the base config, and the searched
-    values of the study's winner file from an earlier study (with the base config's values
-    where it has none), each if it lies in the search space."""
+    """Known-good configurations a new study starts from: the base config, those the sweep's
+    ``enqueue_trials`` list, and the searched values of the study's winner file from an earlier
+    study (with the base config's values where one has none), each if it lies in the search space."""
     base = {key: OmegaConf.select(config, key) for key in plan.space.distributions}
     points = [("base config", base)]
+    for i, point in enumerate(plan.settings.get("enqueue_trials") or []):
+        given = OmegaConf.to_container(point, enum_to_str=True)
+        points.append((f"hydra.sweeper.enqueue_trials[{i}]", base | {k: given[k] for k in given if k in base}))
     path = plan.settings.get("best_config")
     if path and winner_record(Path(path)) is not None:
         try:
@@ -168,7 +171,8 @@ def reference_points(plan: Plan, config: DictConfig) -> list[tuple[str, dict[str
     kept = []
     for name, params in points:
         if not plan.space.contains(params):
-            log.info("the %s is outside the search space: not a reference trial", name)
+            outside = [k for k in plan.space.distributions if not plan.space.contains_value(k, params.get(k))]
+            log.info("the %s is outside the search space (%s): not a reference trial", name, ", ".join(outside))
         elif all(params != other for _, other in kept):
             kept.append((name, params))
     return kept
@@ -188,7 +192,7 @@ def differing(recorded: dict[str, Any], fixed: dict[str, Any], defaults: dict[st
 
 
 def _check_joined(study: optuna.Study, plan: Plan, client: MlflowClient, uri: str, forms: tuple[dict, ...]) -> str:
-    """A worker joining a study: same direction, same fixed config; wait for the creator to
+    """A worker joining a study: same objectives and directions, same fixed config; wait for the creator to
     finish setting the study up (it is a few database writes behind). Returns the parent run.
 
     ``forms``: the worker's fixed config as trials run with it, the same without the search
@@ -196,13 +200,15 @@ def _check_joined(study: optuna.Study, plan: Plan, client: MlflowClient, uri: st
     shipped defaults. The worker joins when the study's record matches either form, keys the
     record lacks taking their defaults; a refusal names the keys that differ from the first."""
     name = plan.study_name
-    if study.direction != plan.direction:
-        raise UserError(
-            f"study {name!r} maximises/minimises differently: it was created with direction "
-            f"{study.direction.name.lower()}, this sweep asks {plan.direction.name.lower()} "
-            "(use another hydra.sweeper.study_name)"
-        )
     attrs = _recorded_attrs(study, name)
+    recorded = (study.metric_names or [protocol.OBJECTIVE], [d.name.lower() for d in study.directions])
+    asked = (plan.objectives, [d.name.lower() for d in plan.directions])
+    if recorded != asked:
+        said = lambda r: ", ".join(f"{n} ({d})" for n, d in zip(*r, strict=False))  # noqa: E731
+        raise UserError(
+            f"study {name!r} has other objectives: it was created with {said(recorded)}, this sweep asks "
+            f"{said(asked)} (use another hydra.sweeper.study_name)"
+        )
     recorded = attrs.get(protocol.STUDY_FIXED_CONFIG, {})
     (fixed, older, defaults), differ = forms, differing(recorded, forms[0], forms[2])
     if differ and differing(recorded, older, defaults):

@@ -43,8 +43,8 @@ import optuna
 from omegaconf import DictConfig
 
 from mlp.errors import UserError, first_line
-from mlp.sweep import protocol, report
-from mlp.sweep.export import WinnerKept, update_winner
+from mlp.sweep import front, protocol, report
+from mlp.sweep.export import WinnerKept, register_compact, update_winner
 from mlp.sweep.kill_points import reach
 from mlp.sweep.settings import Plan
 from mlp.sweep.study import Joined, end_run, join
@@ -313,14 +313,26 @@ class Worker:
             self.landed(trial)
             log.info("trial %d: pruned after epoch %d (val acc %.4f)", trial.number, pruned_at, value)
             return
-        self.study.tell(trial, value, skip_if_finished=True)
+        values = self.objectives(trial, value)
+        if isinstance(values, str):
+            self.end_trial(trial, values)
+            log.warning("trial %d failed: %s", trial.number, values)
+            return
+        self.study.tell(trial, values, skip_if_finished=True)
         self.landed(trial)
-        log.info(
-            "trial %d: val acc %.4f  %s",
-            trial.number,
-            value,
-            " ".join(f"{k}={report.shown(v)}" for k, v in trial.params.items()),
-        )
+        shown = f"val acc {value:.4f}" if len(values) == 1 else front.shown(self.plan.objectives, values)
+        params = " ".join(f"{k}={report.shown(v)}" for k, v in trial.params.items())
+        log.info("trial %d: %s  %s", trial.number, shown, params)
+
+    def objectives(self, trial: optuna.trial.Trial, val_acc: float) -> list[float] | str:
+        """The trial's objectives in the study's order (the costs from its run's metrics), or why not."""
+        if len(self.plan.objectives) == 1:
+            return [val_acc]
+        try:
+            metrics = self.client.get_run(trial.user_attrs[protocol.ATTR_RUN_ID]).data.metrics
+        except Exception as e:  # noqa: BLE001 - the tracking store went away: this trial cannot be scored
+            return f"its MLflow run could not be read: {first_line(e)}"
+        return front.measured(metrics, self.plan.objectives, val_acc)
 
     def end_trial(self, trial: optuna.trial.Trial, reason: str, killed: bool = False) -> None:
         """FAIL in Optuna, FAILED (or KILLED) in MLflow, with the reason in both."""
@@ -413,7 +425,7 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - a report that cannot be drawn must not lose the winner below
             log.warning("the study's report (leaderboard, plots) was not logged: %s", first_line(e))
         reach("report")
-        best = report.best_trial(self.study)
+        best = front.most_accurate(self.study)
         if best is not None and settings.best_config:
             try:
                 update_winner(
@@ -422,7 +434,20 @@ class Worker:
             except WinnerKept as kept:
                 log.warning("%s", kept)
                 self.client.set_tag(parent_id, protocol.PARENT_WINNER_KEPT, kept.tag)
+        if front.several(self.study) and self.config.tracking.register is not False:
+            self.register_compact()
         return best
+
+    def register_compact(self) -> None:
+        """A multi-objective study's compact pick (mlp.sweep.front) under the alias compact."""
+        within = float(self.plan.settings.compact_within)
+        if (pick := front.compact_pick(self.study, within)) is None:
+            return
+        try:
+            done = register_compact(self.study, pick, self.client, within, self.config.tracking.registered_model)
+            log.info("compact pick: trial %d (%s)", pick.number, done.summary())
+        except UserError as e:
+            log.warning("compact pick: trial %d not registered: %s", pick.number, e)
 
     def end_parent(self, status: str) -> None:
         """End the study's parent run with ``status`` unless a trial of the study still runs or
