@@ -6,10 +6,12 @@ README shows a copy, docs/serve.png)."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from mlp.serve import app
 from tests import web
@@ -101,9 +103,14 @@ def test_drawing_uploading_and_clearing(browser, web_app: str, digit_photos: lis
     assert runner_up.startswith("unsure") is unsure
     assert ("unsure" in page.get_attribute("#runner-up", "class")) is unsure
 
+    answered = re.fullmatch(r"answered by (mnist-mlp version \d+) \(models:/mnist-mlp@champion\) in (\d+\.\d\d) ms",
+                            page.text_content("#answered"))  # fmt: skip
+    health = requests.get(f"{web_app}/health", timeout=30).json()
+    assert answered and answered[1] == health["version"] and float(answered[2]) > 0  # which model, how long
+
     page.click("#clear")
     assert page.text_content("#digit") == "" and probabilities(page) == [0] * 10 and ink_seen(page) == 0
-    assert page.text_content("#runner-up") == ""
+    assert page.text_content("#runner-up") == "" and page.text_content("#answered") == ""
 
     # An uploaded photo of a test digit: its label.
     for path, label in digit_photos[5:8]:

@@ -116,6 +116,16 @@ CORES = "1 to 2 (this machine's cores), or -1 to -2"
             "hydra.sweeper.best_config='/etc/hostname/best.yaml' is not accepted",
         ),  # fmt: skip
         (["hydra/sweeper/pruner=median", "hydra.sweeper.storage=null"], "hydra.sweeper.storage=None is not accepted"),
+        (
+            ["hydra.sweeper.enqueue_trials=[{model.layers:3}]"],
+            "hydra.sweeper.enqueue_trials[0].model.layers=3 is not accepted: expected a searched key: model.num_layers",
+        ),
+        (
+            ["hydra.sweeper.enqueue_trials=[{model.layer_size:100}]"],
+            "hydra.sweeper.enqueue_trials[0].model.layer_size=100 is not accepted: expected model.layer_size: one of "
+            "256, 512, 768, 1024",
+        ),
+        (["hydra.sweeper.enqueue_trials=[3]"], "hydra.sweeper.enqueue_trials[0]=3 is not accepted: expected a mapping"),
     ],
 )
 def test_a_bad_sweeper_setting_is_one_line_naming_its_key(
