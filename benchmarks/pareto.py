@@ -5,6 +5,7 @@ compact pick against the most accurate trial (the champion's recipe: what the wi
     python benchmarks/pareto.py                    # hydra/sweeper=optuna_pareto as shipped: a 12-minute budget
     python benchmarks/pareto.py --budget 600       # another budget, in seconds
     python benchmarks/pareto.py --quick            # seconds: 3 one-epoch trials of tiny networks
+    python benchmarks/pareto.py --dir DIR --reuse --within 0.01   # the study in DIR again, another compact distance
 
 Everything goes to a folder of its own (--dir, else a temporary one): the study, the MLflow store
 with every trial's model, the winner file; the project's mlruns/ and conf/ are not touched.
@@ -81,6 +82,8 @@ def main() -> None:
     parser.add_argument("--dir", help="folder for the study and its runs (default: a temporary one)")
     parser.add_argument("--requests", type=int, default=500, help="POST /predict requests per model (default: 500)")
     parser.add_argument("--quick", action="store_true", help="3 one-epoch trials of tiny networks: a smoke run")
+    parser.add_argument("--reuse", action="store_true", help="measure the study already in --dir: no new sweep")
+    parser.add_argument("--within", type=float, default=0.002, help="the compact pick's distance (the preset's: 0.002)")
     args = parser.parse_args()
 
     folder = Path(args.dir or tempfile.mkdtemp(prefix="bench-pareto-")).resolve()
@@ -90,17 +93,18 @@ def main() -> None:
     print(
         f"CPU: {cpu_model()}, {os.cpu_count()} cores; hydra/sweeper=optuna_pareto, budget {args.budget:.0f} s; {folder}"
     )
-    wall = sweep(folder, args.budget, args.quick)
+    wall = 0.0 if args.reuse else sweep(folder, args.budget, args.quick)
     study = optuna.load_study(study_name="bench-pareto", storage=f"sqlite:///{folder}/optuna.db")
     client = MlflowClient(uri)
     runs = trial_runs(client, study)
     complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     objectives = ", ".join(front.names(study))
-    print(f"\n{complete} trials in {wall:.0f} s; the Pareto front of {objectives}, most accurate first:")
+    took = f" in {wall:.0f} s" if wall else ""
+    print(f"\n{complete} trials{took}; the Pareto front of {objectives}, most accurate first:")
     rows = [{short_name(k): v for k, v in row.items() if k != "run_id"} for row in front_rows(study, runs)]
     print(markdown_table(rows), end="")
 
-    within = 0.002  # conf/hydra/sweeper/optuna_pareto.yaml's compact_within
+    within = args.within
     best, compact = front.most_accurate(study), front.compact_pick(study, within)
     _, _, test_x, _ = data.read_mnist(ROOT / "data")
     x = test_x.numpy()

@@ -153,7 +153,8 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
         done = shell(clone, line)
         if line == "python sweep.py export":  # mnist-mlp's best here is a synthetic trial: the shipped winner stays
             assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
-            kept = f"error: {clone}/conf/model/best.yaml is kept: it holds trial 14 of study tpe-1, which scored 0.9922"
+            kept = f"error: {clone}/conf/model/best.yaml is kept: it holds trial 1 of study mnist-frontier, which "
+            kept += "scored 0.9945"
             assert done.stderr.startswith(kept)
             assert (clone / "conf/model/best.yaml").read_text() == shipped
             continue

@@ -117,6 +117,7 @@ def check_settings(config: DictConfig) -> int:
     )
     check("max_failure_rate", 0 <= s.max_failure_rate <= 1, "a fraction from 0 (stop at the first failure) to 1")
     check("max_retry", s.max_retry >= 0, "an integer >= 0: how often a dead worker's trial runs again")
+    check("compact_within", 0 <= s.compact_within <= 1, "a validation accuracy distance from 0 to 1")
     if s.best_config is not None and (problem := winner_path_problem(Path(s.best_config))) is not None:
         check("best_config", False, f"a file path in a writable folder, or null for no winner file ({problem})")
     launcher = config.hydra.get("launcher") or {}
@@ -176,13 +177,7 @@ def objectives(settings: DictConfig, pruner: Any) -> tuple[list[str], list[optun
         if pruner is not None:
             raise ConfigError("hydra.sweeper.pruner", pruner["_target_"], "none with several objectives: Optuna "
                               "prunes single-objective studies only (hydra/sweeper/pruner=none)")  # fmt: skip
-    check_fraction("compact_within", settings.get("compact_within", 0), "a validation accuracy distance from 0 to 1")
     return names, found
-
-
-def check_fraction(key: str, value: Any, accepted: str) -> None:
-    if not (isinstance(value, int | float) and 0 <= value <= 1):
-        raise ConfigError(f"hydra.sweeper.{key}", value, accepted)
 
 
 @dataclass(frozen=True)

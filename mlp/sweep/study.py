@@ -200,14 +200,17 @@ def _check_joined(study: optuna.Study, plan: Plan, client: MlflowClient, uri: st
     shipped defaults. The worker joins when the study's record matches either form, keys the
     record lacks taking their defaults; a refusal names the keys that differ from the first."""
     name = plan.study_name
-    attrs = _recorded_attrs(study, name)
-    recorded = (study.metric_names or [protocol.OBJECTIVE], [d.name.lower() for d in study.directions])
-    asked = (plan.objectives, [d.name.lower() for d in plan.directions])
-    if recorded != asked:
-        said = lambda r: ", ".join(f"{n} ({d})" for n, d in zip(*r, strict=False))  # noqa: E731
+    if study.directions != plan.directions:  # set when the study was made: no wait needed
+        made, asked = (", ".join(d.name.lower() for d in found) for found in (study.directions, plan.directions))
         raise UserError(
-            f"study {name!r} has other objectives: it was created with {said(recorded)}, this sweep asks "
-            f"{said(asked)} (use another hydra.sweeper.study_name)"
+            f"study {name!r} maximises/minimises differently: it was created with direction {made}, this sweep "
+            f"asks {asked} (use another hydra.sweeper.study_name)"
+        )
+    attrs = _recorded_attrs(study, name)
+    if (made := study.metric_names or [protocol.OBJECTIVE]) != plan.objectives:  # recorded with the parent run
+        raise UserError(
+            f"study {name!r} has other objectives: it was created with {', '.join(made)}, this sweep asks "
+            f"{', '.join(plan.objectives)} (use another hydra.sweeper.study_name)"
         )
     recorded = attrs.get(protocol.STUDY_FIXED_CONFIG, {})
     (fixed, older, defaults), differ = forms, differing(recorded, forms[0], forms[2])
