@@ -154,8 +154,8 @@ def register_as(
     model_uri: str, name: str, alias: str, run_id: str, val_acc: float, tags: dict[str, str], trained_on: TrainedOn
 ) -> Registered:
     """Register ``model_uri`` under ``name`` and move ``alias`` to it, a model the caller has
-    already judged fit for it; as for the champion, only if it was trained on MNIST's canonical
-    split. Registered again only when ``alias`` does not already hold a version of ``run_id``."""
+    already judged fit for it (trained on MNIST's canonical split, as the champion). Registered
+    again only when ``alias`` does not already hold a version of ``run_id``."""
     client = MlflowClient()
     with contextlib.suppress(MlflowException):
         current = client.get_model_version_by_alias(name, alias)
@@ -163,8 +163,5 @@ def register_as(
             return Registered(name, str(current.version), True, str(current.version), "already", alias)
     version_tags = {"run_id": run_id, "val_acc": repr(val_acc), **trained_on.tags(), **tags}
     number = str(mlflow.register_model(model_uri, name, tags=version_tags).version)
-    if not trained_on.canonical:
-        reason = f"this model was trained on {trained_on}; only models trained on {canonical_split()} take an alias"
-        return Registered(name, number, False, None, reason, alias)
     client.set_registered_model_alias(name, alias, number)
     return Registered(name, number, True, number, "", alias)
