@@ -79,8 +79,9 @@ bench-quality: $(STAMP)
 bench-recognizer: $(STAMP)
 	$(BIN)/python benchmarks/recognizer.py $(ARGS)
 
+# ruff's rules (pyproject.toml [tool.ruff]) and the import contracts between the rooms ([tool.importlinter]).
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports --no-logo
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -75,7 +75,7 @@ def existing_storage(url: str) -> optuna.storages.RDBStorage:
         raise UserError(f"no study storage at {url}: run a sweep first (python train.py -m hydra/sweeper=optuna)")
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs(url), skip_table_creation=True)
-    except Exception as e:  # noqa: BLE001 - any storage failure is the user's URL or server
+    except Exception as e:  # any storage failure is the user's URL or server
         raise UserError(f"cannot open study storage {url}: {first_line(e)}") from e
 
 

@@ -62,7 +62,7 @@ def sweep(folder: Path, budget: float, quick: bool) -> float:
     return time.perf_counter() - start
 
 
-def model_uri(client: MlflowClient, run) -> str:  # noqa: ANN001 - an MLflow Run
+def model_uri(client: MlflowClient, run) -> str:  # an MLflow Run
     (found,) = client.search_logged_models([run.info.experiment_id], f"source_run_id = '{run.info.run_id}'")
     return found.model_uri
 

@@ -29,13 +29,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import optuna  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from sweep_scale import progress, run_workers, study_runs, sweep_command, table  # noqa: E402
+import matplotlib.pyplot as plt
+import optuna
+from omegaconf import OmegaConf
+from sweep_scale import progress, run_workers, study_runs, sweep_command, table
 
-from mlp.run.device import cpu_model  # noqa: E402
-from mlp.sweep import protocol  # noqa: E402
+from mlp.run.device import cpu_model
+from mlp.sweep import protocol
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUDGET = float(OmegaConf.load(ROOT / "conf/hydra/sweeper/optuna.yaml").timeout)

@@ -130,7 +130,7 @@ def run_cli(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         print(f"error: stopped by {_signal_name[0]}; the MLflow run(s) it had open ended KILLED", file=sys.stderr)
         sys.exit(128 + _signal_number[0])
-    except Exception as ex:  # noqa: BLE001 - sorted into user errors and bugs below
+    except Exception as ex:  # sorted into user errors and bugs below
         message = one_line(ex)
         if message is None:
             raise

@@ -6,10 +6,10 @@ from __future__ import annotations
 import matplotlib
 
 matplotlib.use("Agg")
-import optuna  # noqa: E402
-import pytest  # noqa: E402
+import optuna
+import pytest
 
-from mlp.sweep.report import optuna_figures  # noqa: E402
+from mlp.sweep.report import optuna_figures
 
 SPACE = {
     "model.activation": optuna.distributions.CategoricalDistribution(["relu", "silu"]),

@@ -65,7 +65,7 @@ def printed_link(output: str, server: str) -> str:
     return found[0].replace("http://127.0.0.1:5000", server)
 
 
-def close_assistant(page) -> None:  # noqa: ANN001 - Playwright's page
+def close_assistant(page) -> None:  # Playwright's page
     """Close MLflow's Assistant panel if it is open: it opens beside the page on a first visit (on a
     loaded machine a moment later), narrows the page, and tables wrap their cells."""
     with contextlib.suppress(Exception):
@@ -161,7 +161,7 @@ ON_TOP = """e => { const b = e.getClientRects()[0];  // its first line, if it wr
                    return e.contains(document.elementFromPoint(b.left + 2, b.top + b.height / 2)); }"""
 
 
-def on_top_and_whole(element, page, seconds: float = 10) -> bool:  # noqa: ANN001 - Playwright's locator and page
+def on_top_and_whole(element, page, seconds: float = 10) -> bool:  # Playwright's locator and page
     """Whether ``element`` is drawn on top and whole, polled for up to ``seconds``: the fold
     opens with an animation, slow on a loaded machine."""
     deadline = time.monotonic() + seconds

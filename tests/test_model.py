@@ -32,9 +32,11 @@ def test_dropout_after_each_hidden_activation() -> None:
     assert [m.p for m in model if isinstance(m, nn.Dropout)] == [0.5, 0.5]
 
 
-@pytest.mark.parametrize("kwargs", [{"num_layers": 0}, {"activation": "swish"}])
-def test_bad_values_are_refused(kwargs: dict) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("kwargs", "named"), [({"num_layers": 0}, "num_layers"), ({"activation": "swish"}, "activation")]
+)
+def test_bad_values_are_refused(kwargs: dict, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
         MLP(**kwargs)
 
 

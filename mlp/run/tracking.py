@@ -16,7 +16,7 @@ from typing import Any
 
 import mlflow
 import mlflow.pytorch
-import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 - the default store: load it with the other imports
+import mlflow.store.tracking.sqlalchemy_store  # the default store: load it with the other imports
 import numpy as np
 import requests
 from matplotlib.figure import Figure
@@ -85,7 +85,7 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
                     return uri, mlflow.create_experiment(tracking.experiment, artifact_location=location)
                 except mlflow.exceptions.MlflowException:  # another worker created it first (a server)
                     experiment = mlflow.get_experiment_by_name(tracking.experiment)
-    except Exception as e:  # noqa: BLE001 - MLflow's and SQLAlchemy's errors alike
+    except Exception as e:  # MLflow's and SQLAlchemy's errors alike
         raise UserError(
             f"MLflow tracking at {uri} is not usable: {first_line(e)} (set tracking.uri or MLFLOW_TRACKING_URI)"
         ) from e

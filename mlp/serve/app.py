@@ -125,7 +125,7 @@ async def image_bytes(request: Request) -> bytes:
 
     try:
         form = await Request(request.scope, replay).form(max_files=1, max_fields=10)
-    except Exception as e:  # noqa: BLE001 - the multipart parser's errors are all a bad request
+    except Exception as e:  # the multipart parser's errors are all a bad request
         raise RequestError(400, f"malformed multipart form: {e}") from e
     try:
         files = [v for v in form.values() if hasattr(v, "read")]

@@ -53,13 +53,13 @@ class Recognizer:
             self.model = mlflow.pytorch.load_model(uri)
         except NoModel:
             raise
-        except Exception as e:  # noqa: BLE001 - MLflow's, SQLAlchemy's, torch's and OS errors alike
+        except Exception as e:  # MLflow's, SQLAlchemy's, torch's and OS errors alike
             raise NoModel(f"cannot load the model {uri} from {self.tracking_uri}: {first_line(e)}") from e
         try:  # a model logged before models took pixels (or another model altogether) fails here, not on a user's image
             probs = self.predict(np.zeros((1, 28, 28), np.uint8))
             if probs.shape != (1, 10) or abs(float(probs.sum()) - 1) > 1e-3:
                 raise ValueError(f"it returned {probs.shape[1:]} values summing to {float(probs.sum()):.3g}")
-        except Exception as e:  # noqa: BLE001 - whatever the foreign model raises
+        except Exception as e:  # whatever the foreign model raises
             raise NoModel(
                 f"the model {uri} does not take 0-255 pixels [N, 28, 28] and return 10 probabilities "
                 f"({first_line(e)}); models logged since the recognizer was added do: {HOW_TO_MAKE_ONE}"

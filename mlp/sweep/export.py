@@ -35,7 +35,7 @@ def trial_config(client: MlflowClient, run: Any | None, trial: optuna.trial.Froz
     with tempfile.TemporaryDirectory() as tmp:
         try:
             return OmegaConf.load(client.download_artifacts(run.info.run_id, "config.yaml", tmp))
-        except Exception as e:  # noqa: BLE001 - an old or remote run without the file
+        except Exception as e:  # an old or remote run without the file
             raise UserError(f"trial {trial.number}: cannot read config.yaml of MLflow run {run.info.run_id}") from e
 
 
@@ -173,7 +173,7 @@ def keep_previous(path: Path, client: MlflowClient, parent_id: str | None, study
         )
     try:
         client.log_artifact(parent_id, str(path), artifact_path="previous")
-    except Exception as e:  # noqa: BLE001 - a parent run deleted or out of reach: keep the file rather than lose it
+    except Exception as e:  # a parent run deleted or out of reach: keep the file rather than lose it
         raise UserError(
             f"{path} is not replaced: its current version could not be kept in MLflow run {parent_id} ({first_line(e)})"
         ) from e

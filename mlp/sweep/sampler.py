@@ -37,18 +37,18 @@ class PerTrialSampler(optuna.samplers.BaseSampler):
         self.current = self.make(None if self.seed is None else trial_seed(self.seed, trial.number))
         self.current.before_trial(study, trial)
 
-    def infer_relative_search_space(self, study, trial):  # noqa: ANN001, ANN201 - Optuna's signature
+    def infer_relative_search_space(self, study, trial):  # Optuna's signature
         return self.current.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study, trial, search_space):  # noqa: ANN001, ANN201
+    def sample_relative(self, study, trial, search_space):
         reach("sampler")
         return self.current.sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
+    def sample_independent(self, study, trial, param_name, param_distribution):
         reach("sampler")
         return self.current.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study, trial, state, values):  # noqa: ANN001, ANN201
+    def after_trial(self, study, trial, state, values):
         self.current.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:

@@ -60,7 +60,7 @@ def check_storage(url: str, key: str = "hydra.sweeper.storage") -> bool:
     False when there is no database or no table yet."""
     try:
         tables = storage_tables(url)
-    except Exception as e:  # noqa: BLE001 - a bad URL, a damaged file, a server that does not answer, a missing driver
+    except Exception as e:  # a bad URL, a damaged file, a server that does not answer, a missing driver
         raise ConfigError(key, url, f"{STORAGE_CHOICES} ({first_line(e)})") from e
     if tables and not OPTUNA_TABLES <= tables:
         raise UserError(

@@ -121,7 +121,7 @@ def _storage(plan: Plan, on_dead_trial: EndRunAndRetry) -> Any:
             grace_period=max(2, int(plan.grace)),
             heartbeat_stale_trial_callback=on_dead_trial,
         )
-    except Exception as e:  # noqa: BLE001 - a bad URL, a missing driver, a server that does not answer
+    except Exception as e:  # a bad URL, a missing driver, a server that does not answer
         raise ConfigError("hydra.sweeper.storage", plan.storage, f"{STORAGE_CHOICES} ({first_line(e)})") from e
 
 
@@ -224,7 +224,7 @@ def _check_joined(study: optuna.Study, plan: Plan, client: MlflowClient, uri: st
     parent_id = attrs[protocol.STUDY_PARENT_RUN]
     try:
         client.get_run(parent_id)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise UserError(
             f"study {name!r} logs to MLflow run {parent_id} at {attrs.get(protocol.STUDY_TRACKING_URI)}, "
             f"which {uri} does not have: point MLFLOW_TRACKING_URI there, or use another study_name"
