@@ -10,6 +10,7 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -395,6 +396,20 @@ def opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path):
 def test_parameters_are_shown_at_a_readable_precision() -> None:
     assert report.shown(0.003996262389277941) == "0.003996" and report.shown(1e-05) == "1e-05"
     assert report.shown(512) == "512" and report.shown("leaky_relu") == "leaky_relu" and report.shown(0.0) == "0"
+
+
+def test_the_parent_page_links_each_trial_to_its_run() -> None:
+    """The leaderboard and the front on the parent's page: a trial with a run links to it; one
+    without (its run lost) shows its number."""
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_metric_names(["val_acc", "params"])
+    study.add_trials([optuna.trial.create_trial(values=[0.92 - i / 100, 10 - i]) for i in range(2)])
+    info = SimpleNamespace(run_name="brave-owl", run_id="f" * 32, start_time=0, end_time=None)
+    runs = {1: SimpleNamespace(info=info, data=SimpleNamespace(metrics={}, params={}))}
+    page = report.description(study, report.leaderboard(study, runs), runs, "7")
+    link = f"[brave-owl](#/experiments/7/runs/{'f' * 32})"
+    assert page.count(link) == 2  # in the front and in the leaderboard
+    assert "| 0 | 0.9200 |" in page and "| 1 | 0 | complete |" in page
 
 
 def test_a_new_study_names_its_objective(opened) -> None:

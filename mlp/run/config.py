@@ -150,9 +150,14 @@ def _project_root() -> str:
     return str(PROJECT_ROOT)
 
 
+def joblib_count(n_jobs: int) -> int:
+    """Joblib's n_jobs as a count: itself when positive, -1 every core, -2 all but one, ... (0 and
+    values below minus the cores give less than 1)."""
+    return n_jobs if n_jobs > 0 else (os.cpu_count() or 1) + 1 + n_jobs
+
+
 def _parallel_jobs(n_jobs: int) -> int:
-    """Joblib's n_jobs as a count: -1 = every core, -2 = all but one, ..."""
-    return max(1, n_jobs if n_jobs > 0 else (os.cpu_count() or 1) + 1 + n_jobs)
+    return max(1, joblib_count(n_jobs))
 
 
 def _winner_file(study_name: str) -> str:

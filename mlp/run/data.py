@@ -17,7 +17,6 @@ import gzip
 import hashlib
 import logging
 import math
-import os
 import pickle
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from mlp.errors import DataError, first_line
+from mlp.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +96,12 @@ def _check_present(raw: Path, md5s: dict[str, str]) -> list[str]:
 
 def _install(data: bytes | Path, target: Path, expected_md5: str) -> None:
     """Write ``data`` (bytes, or a file to copy) to ``target`` only if its md5 matches."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data if isinstance(data, bytes) else data.read_bytes())
-        if (actual := file_md5(Path(tmp))) != expected_md5:
+
+    def check(tmp: Path) -> None:
+        if (actual := file_md5(tmp)) != expected_md5:
             raise DataError(f"{target.name}: md5 {actual} does not match the official {expected_md5}")
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600: a shared data folder must be readable by all
-        os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+
+    write_atomic(target, data if isinstance(data, bytes) else data.read_bytes(), check)
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

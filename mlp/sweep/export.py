@@ -4,7 +4,6 @@ trial (the file it replaces kept in the study's MLflow parent run)."""
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
@@ -18,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
 from mlp.errors import UserError, first_line
+from mlp.files import write_atomic
 from mlp.run import registry
 from mlp.run.winner_files import winner_record
 from mlp.sweep import front
@@ -73,25 +73,6 @@ def winner_yaml(
         f"# Reproduce it with:  {rerun}\n"
     )
     return header + OmegaConf.to_yaml(OmegaConf.create(values))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a file so that a reader sees the old or the new whole file, never a part; a
-    unique temporary name, since several workers may write at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before it takes the name: a crash leaves the old file, not an empty one
-        os.chmod(tmp, 0o644)
-        reach("winner")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 class WinnerKept(UserError):
@@ -155,7 +136,9 @@ def update_winner(
     if path.exists():
         keep_previous(path, client, parent_id, study.study_name)
     try:
-        write_atomic(path, winner_yaml(study.study_name, trial, acc, values, run.info.run_id, path))
+        write_atomic(
+            path, winner_yaml(study.study_name, trial, acc, values, run.info.run_id, path), lambda _: reach("winner")
+        )
     except OSError as e:
         raise UserError(
             f"cannot write {path}: {e.strerror or e} (a winner file needs a file path in a writable folder)"

@@ -326,7 +326,7 @@ def description(study: optuna.Study, rows: list[dict[str, Any]], runs: dict[int,
     ]
     for rank, row in enumerate(rows, 1):
         run = runs.get(row["trial"])
-        name = f"[{run.info.run_name}](#/experiments/{experiment_id}/runs/{run.info.run_id})" if run else row["trial"]
+        name = run_link(run, experiment_id, row["trial"])
         cells = [rank, name, row["state"].lower(), _acc(row["val_acc"]), _acc(row["test_acc"])]
         line = "| " + " | ".join(str(c) for c in cells + [shown(params[row["trial"]].get(k, "")) for k in keys]) + " |"
         tail = f"\n\n{len(rows) - rank + 1} more rows in the artifacts leaderboard.md and leaderboard.csv."
@@ -343,13 +343,18 @@ def front_note(study: optuna.Study, runs: dict[int, Any], experiment_id: str) ->
              "| run | " + " | ".join(names) + " | test acc |", "|---|" + "---|" * (len(names) + 1)]  # fmt: skip
     for t in front.front(study):
         run = runs.get(t.number)
-        name = f"[{run.info.run_name}](#/experiments/{experiment_id}/runs/{run.info.run_id})" if run else t.number
         shown_values = [
             f"{v:.4f}" if n == protocol.OBJECTIVE else f"{v:.4g}" for n, v in front.values(study, t).items()
         ]
         test = run.data.metrics.get("test/acc", "") if run else ""
-        lines.append(f"| {name} | " + " | ".join(shown_values) + f" | {_acc(test)} |")
+        lines.append(f"| {run_link(run, experiment_id, t.number)} | " + " | ".join(shown_values) + f" | {_acc(test)} |")
     return "\n".join(lines) + "\n\n"
+
+
+def run_link(run: Any, experiment_id: str, trial: int) -> str:
+    """A trial's run as a Markdown link the parent's page in the MLflow UI follows; the trial's
+    number when it has no run."""
+    return f"[{run.info.run_name}](#/experiments/{experiment_id}/runs/{run.info.run_id})" if run else str(trial)
 
 
 def _acc(value: Any) -> str:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp import PROJECT_ROOT
 from mlp.errors import ConfigError
-from mlp.run.config import GROUPS
+from mlp.run.config import GROUPS, joblib_count
 from mlp.run.tracking import flatten
 from mlp.run.winner_files import check_study_name
 from mlp.sweep import protocol
@@ -90,7 +90,7 @@ PARALLEL_LAUNCHERS = (
 def trials_at_a_time(value: Any, key: str, local: bool) -> int:
     """n_jobs as a count of trials (joblib's convention: -1 every core, -2 all but one, ...)."""
     cores = os.cpu_count() or 1
-    count = (value if value > 0 else cores + 1 + value) if isinstance(value, int) and value != 0 else 0
+    count = joblib_count(value) if isinstance(value, int) and value != 0 else 0
     if count < 1 or (local and count > cores):
         limit = f"1 to {cores} (this machine's cores)" if local else "an integer >= 1"
         raise ConfigError(key, value, f"{limit}, or -1 to -{cores} (-1: one trial per core, -2: all but one, ...)")
