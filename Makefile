@@ -47,10 +47,11 @@ serve-mlflow: $(STAMP)
 
 # A local PostgreSQL (study storage) and mlflow server for multi-worker sweeps; prints the URLs to export.
 services: $(STAMP)
-	$(BIN)/python scripts/services.py start
+	$(BIN)/python scripts/services.py start $(ARGS)
 
+# Stops both, keeping their data (ARGS=--purge deletes it).
 services-stop: $(STAMP)
-	$(BIN)/python scripts/services.py stop
+	$(BIN)/python scripts/services.py stop $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py $(ARGS)

@@ -230,8 +230,9 @@ def postgresql(folder: Path, keep: bool):
     spec.loader.exec_module(services)
     try:
         try:
-            url = services.start(folder, pg_port=0, mlflow_port=0, workers=1)["storage_url"]
-            services.mlflow_stop(folder.resolve())  # not needed here; it would compete for the cores
+            info = services.start(folder, mlflow_port=0, workers=1)
+            services.stop_mlflow(info)  # not needed here; it would compete for the cores
+            url = info["storage_url"]
         except services.ServiceError as e:
             print(f"PostgreSQL skipped: {e}")
             url = None

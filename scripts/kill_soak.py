@@ -1,5 +1,5 @@
 """Kill one of three sweep workers at a random moment, again and again: what a cluster does to a
-study. Each round starts a real PostgreSQL server and `mlflow server` (scripts/services.py), three
+study. On a real PostgreSQL and `mlflow server` (scripts/services.py), each round starts three
 workers of one new study (synthetic data, 3 trials each), SIGKILLs one of them a random number of
 seconds after the start, and lets the others finish (when the kill came after they had ended, a
 later one-trial sweep of the study starts, as a user would). Then it checks: no trial RUNNING or
@@ -13,7 +13,6 @@ exits 1 if any round left something behind.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import signal
@@ -24,12 +23,10 @@ import time
 from pathlib import Path
 
 import optuna
+import services  # scripts/services.py, beside this file
 from mlflow.tracking import MlflowClient
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("services", ROOT / "scripts" / "services.py")
-services = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(services)
 
 
 def worker(folder: Path, info: dict, study: str, index: int, n_trials: int = 3) -> subprocess.Popen:
@@ -94,7 +91,7 @@ def main() -> None:
     good = 0
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        info = services.start(folder / "services", pg_port=0, mlflow_port=0, workers=1)
+        info = services.start(folder / "services", mlflow_port=0, workers=1)
         try:
             for n in range(args.rounds):
                 kill_after = rng.uniform(args.earliest, args.latest)

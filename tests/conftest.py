@@ -5,6 +5,8 @@ import (ROOT, TINY, compose_cfg, run_train, Sweep, ...) are in tests/helpers.py.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,11 +98,17 @@ def digit_photos(champion: dict, tmp_path_factory: pytest.TempPathFactory) -> li
 
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
-    """A real PostgreSQL server and `mlflow server` on PostgreSQL (tests/services.py), for the session."""
-    from tests.services import running_services  # only for the tests that start the servers
+    """A real PostgreSQL (a cluster of Debian's postgresql-common) and `mlflow server` on it, as
+    `make services` starts them (scripts/services.py), on free ports; deleted at the end."""
+    from scripts import services  # only for the tests that start the servers
 
-    with running_services(tmp_path_factory.mktemp("services")) as services:
-        yield services
+    if not shutil.which("pg_ctlcluster") and (os.geteuid() != 0 or not shutil.which("apt-get")):
+        pytest.skip("no PostgreSQL server: apt-get install postgresql (as root the tests install it)")
+    folder = tmp_path_factory.mktemp("services")
+    try:
+        yield services.start(folder, mlflow_port=0, workers=1)
+    finally:
+        services.stop(folder, purge=True)
 
 
 @pytest.fixture(scope="session")
