@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from mlp.run.model import ACTIVATIONS, MLP, describe, parameter_count
+from mlp.run.model import ACTIVATIONS, MLP, Dropout, describe, parameter_count
 
 
 @pytest.mark.parametrize("activation", list(ACTIVATIONS))
@@ -23,13 +23,65 @@ def test_default_is_the_write_up_network() -> None:
     linears = [m for m in model if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(784, 512), (512, 512), (512, 512), (512, 10)]
     assert isinstance(model[2], nn.LeakyReLU)
-    assert not any(isinstance(m, nn.Dropout) for m in model)
+    assert not any(isinstance(m, Dropout) for m in model)
     assert model.flops_per_example() == 2 * (784 * 512 + 2 * 512 * 512 + 512 * 10)
 
 
 def test_dropout_after_each_hidden_activation() -> None:
-    model = MLP(num_layers=3, layer_size=16, dropout=0.5)
-    assert [m.p for m in model if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+    g = torch.Generator()
+    model = MLP(num_layers=3, layer_size=16, dropout=0.5, generator=g)
+    assert [(m.p, m.generator) for m in model if isinstance(m, Dropout)] == [(0.5, g), (0.5, g)]
+
+
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
+@pytest.mark.parametrize("p", [0.05, 0.21211680198501115, 0.5])
+def test_dropout_keeps_1_minus_p_independently_and_scales_by_its_inverse(p: float, device: str) -> None:
+    drop = Dropout(p, torch.Generator(device).manual_seed(0))
+    x = torch.rand(1000, 1001, device=device) + 0.5  # > 0, so that 0 means dropped; an odd size: the last int64 is cut
+    first, second = drop(x), drop(x)
+    assert torch.equal(first, Dropout(p, torch.Generator(device).manual_seed(0))(x))  # the generator decides
+    a, b = first != 0, second != 0
+    keep, tol = 1 - p, 1 / 512  # ~4 standard errors of a mean over 10^6 elements; the issue asks 1/256
+    assert abs(a.float().mean().item() - keep) < tol
+    assert abs((a & b).float().mean().item() - keep**2) < tol  # two draws independent
+    flat = a.flatten()
+    for lag in (1, 2, 3, 4, 5, 1001):  # neighbours: words of one int64, of the next, the next row
+        assert abs((flat[:-lag] & flat[lag:]).float().mean().item() - keep**2) < tol, lag
+    assert torch.equal(first[a], x[a] * drop.scale)  # every kept element scaled alike ...
+    assert abs(drop.scale * keep - 1) <= 0.5 / 65536 / keep  # ... by 1/(1-p), p rounded to 1/65536
+    assert abs(first.mean().item() - x.mean().item()) < 4 * tol  # so the mean is kept
+
+
+def test_dropout_is_seeded_by_its_generator_and_the_identity_in_eval_mode() -> None:
+    x = torch.randn(64, 100, dtype=torch.bfloat16, requires_grad=True)
+
+    def draw(seed: int) -> torch.Tensor:
+        return Dropout(0.3, torch.Generator().manual_seed(seed))(x)
+
+    assert torch.equal(draw(1), draw(1)) and not torch.equal(draw(1), draw(2))
+    y = draw(1)
+    assert y.dtype == torch.bfloat16
+    y.backward(torch.ones_like(y))
+    assert torch.equal(x.grad, (y != 0).to(x.dtype) * Dropout(0.3).scale)  # the gradient takes the same mask
+    torch.manual_seed(5)
+    default = Dropout(0.3)(x)  # no generator: torch's default, seeded as usual
+    torch.manual_seed(5)
+    assert torch.equal(default, Dropout(0.3)(x))
+    drop = Dropout(0.3).eval()
+    assert drop(x) is x
+    net = MLP(num_layers=3, layer_size=16, dropout=0.5).eval()
+    plain = nn.Sequential(*(m for m in net if not isinstance(m, Dropout)))
+    images = torch.randn(8, 784)
+    assert torch.equal(net(images), plain(images))
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_dropout_refuses_a_probability_outside_0_1(p: float) -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        Dropout(p)
 
 
 @pytest.mark.parametrize(
@@ -117,3 +169,14 @@ def test_recognizer_takes_pixels_in_every_form_and_returns_probabilities() -> No
 def test_parameter_count_is_the_built_models(num_layers: int, layer_size: int) -> None:
     model = MLP(num_layers=num_layers, layer_size=layer_size)
     assert parameter_count(num_layers, layer_size) == sum(p.numel() for p in model.parameters())
+
+
+def test_a_recognizer_with_dropout_exports_as_mlflow_logs_it() -> None:
+    from mlp.run.model import DigitRecognizer
+
+    net = MLP(num_layers=3, layer_size=16, activation="silu", dropout=0.3, generator=torch.Generator())
+    net(torch.randn(4, 784))  # trained a step: the masks' generator has state
+    recognizer = DigitRecognizer(net, 0.1307, 0.3081).eval()
+    pixels = torch.randint(0, 256, (4, 28, 28), dtype=torch.uint8)
+    exported = torch.export.export(recognizer, (pixels,))  # tracking.log_model's pt2 format
+    assert torch.equal(exported.module()(pixels), recognizer(pixels))

@@ -103,9 +103,14 @@ class Setup:
     steps_per_epoch: int
 
     @classmethod
-    def of(cls, cfg: DictConfig, splits: data.Splits, device: torch.device) -> Setup:
+    def of(cls, cfg: DictConfig, splits: data.Splits, device: torch.device, generator: torch.Generator) -> Setup:
         m, t = cfg.model, cfg.trainer
-        model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout).to(device)
+        # The dropout masks' own generator, on the device, seeded from the run's (without dropout the
+        # run's stream is left as it was).
+        masks = None
+        if m.dropout > 0:
+            masks = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+        model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout, generator=masks).to(device)
         optimizer = training.make_optimizer(cfg.optimizer, model)
         steps_per_epoch = -(-len(splits.train_x) // t.batch_size)
         schedule = training.make_schedule(cfg.schedule, optimizer, t.epochs * steps_per_epoch)
@@ -123,7 +128,7 @@ def run(cfg: DictConfig, judge: EpochJudge | None = None) -> RunResult:
     clock = Phases()
     with clock("data"):
         splits = data.load_config(cfg.data, str(device))
-    setup = Setup.of(cfg, splits, device)
+    setup = Setup.of(cfg, splits, device, generator)
     name, tags = _name_and_tags(cfg, str(device))
     tags["precision"] = precision  # what trainer.precision (auto) resolved to on this machine
     tags["cpu"] = cpu_model()  # which machine gave the run's time/* figures
