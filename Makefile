@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run train test test-fast ui serve serve-mlflow services services-stop bench bench-parts bench-pruning bench-scale bench-async bench-quality bench-recognizer lint clean
+.PHONY: run train test test-fast ui serve serve-mlflow services services-stop bench bench-parts bench-step bench-pruning bench-scale bench-async bench-quality bench-recognizer lint clean
 
 run: train
 
@@ -59,6 +59,10 @@ bench: $(STAMP)
 # Where one run's wall time goes: training, validation, data, test, figures, model, the rest.
 bench-parts: $(STAMP)
 	$(BIN)/python benchmarks/run_parts.py $(ARGS)
+
+# One step of model=best's network part by part, torch's dropout against ours, and an epoch of each (about 2 minutes; ARGS=--quick: seconds).
+bench-step: $(STAMP)
+	$(BIN)/python benchmarks/step_speed.py $(ARGS)
 
 # Unpruned vs pruned (median) sweep, 30 trials each (about 32 minutes on 2 cores; ARGS=--quick: 1 minute).
 bench-pruning: $(STAMP)

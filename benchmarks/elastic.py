@@ -28,12 +28,11 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from epoch_speed import set_up
 from hydra import compose, initialize_config_dir
 
-import mlp.run.config
 from mlp import PROJECT_ROOT
 from mlp.run import data, training
-from mlp.run.device import cpu_model, pick_device, pick_precision
 from mlp.run.model import MLP
 
 ALPHA, SIGMA = 34.0, 4.0  # Simard et al. (2003)
@@ -184,13 +183,8 @@ def main() -> None:
     if args.figure:
         draw_figure(args.figure, cfg.data.root)
         return
-    mlp.run.config.validate(cfg)
-    device = pick_device(cfg.trainer.device)
-    precision = pick_precision(cfg.trainer.precision, device)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    device, precision = set_up(cfg)
     m, b = cfg.model, cfg.trainer.batch_size
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CPU: {cpu_model()}")
     pool = data.pool_size(cfg.data.name, cfg.data.get("num_train", 0)) - cfg.data.val_size
     images = min(args.images or pool, pool)
     print(

@@ -28,23 +28,35 @@ from hydra import compose, initialize_config_dir
 import mlp.run.config
 from mlp import PROJECT_ROOT
 from mlp.run import data, training
-from mlp.run.device import cpu_model, pick_device
+from mlp.run.device import cpu_model, pick_device, pick_precision
 from mlp.run.model import MLP
+
+
+def matmul_gflops(m: int, k: int, n: int, seconds: float, dtype: torch.dtype = torch.float32) -> float:
+    """GFLOP/s of [m, k] x [k, n] products in ``dtype`` on the CPU with torch's threads, over ``seconds``."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    for _ in range(2):
+        a @ b  # warm up
+    reps, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        torch.mm(a, b)
+        reps += 1
+    return 2 * m * k * n * reps / elapsed / 1e9
 
 
 def matmul_peak(sizes: tuple[int, ...], seconds: float) -> float:
     """Best fp32 GFLOP/s of square products on the CPU with torch's threads."""
-    best = 0.0
-    for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        for _ in range(2):
-            a @ b  # warm up
-        reps, start = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - start) < seconds:
-            torch.mm(a, b)
-            reps += 1
-        best = max(best, 2 * n**3 * reps / elapsed / 1e9)
-    return best
+    return max(matmul_gflops(n, n, n, seconds) for n in sizes)
+
+
+def set_up(cfg) -> tuple[torch.device, str]:
+    """Check a composed config, take its device, precision and threads as a run does, and print them."""
+    mlp.run.config.validate(cfg)
+    device = pick_device(cfg.trainer.device)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CPU: {cpu_model()}")
+    return device, pick_precision(cfg.trainer.precision, device)
 
 
 def training_flops(model: MLP) -> int:
@@ -130,11 +142,7 @@ def main() -> None:
 
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
         cfg = compose(config_name="config", overrides=args.overrides)
-    mlp.run.config.validate(cfg)
-    device = pick_device(cfg.trainer.device)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CPU: {cpu_model()}")
+    device, _ = set_up(cfg)
     m = cfg.model
     print(
         f"model {m.num_layers}x{m.layer_size} {m.activation}, batch {cfg.trainer.batch_size}, "

@@ -53,3 +53,25 @@ def test_pareto_quick_prints_the_front_and_the_picks(tmp_path: Path) -> None:
     row = next(line for line in out.splitlines() if line.startswith("most accurate (champion recipe)"))
     test_acc, weights, ms, p50 = row.split()[5:9]
     assert 0.5 < float(test_acc) <= 1 and int(weights.replace(",", "")) > 7000 and 0 < float(ms) < float(p50)
+
+
+def test_step_speed_quick_prints_each_part_old_and_new_and_the_share_of_the_peak() -> None:
+    out = benchmark("step_speed.py", "--quick", "model.layer_size=128")
+    number = r"\s+(\d+\.\d\d)"
+    rows = {k: tuple(map(float, v)) for k, *v in re.findall(
+        rf"^(\S.*?\S){number}{number}{number}x{number}{number}{number}x$", out, flags=re.M)}  # fmt: skip
+    parts = ["augmentation (affine + elastic)", "forward, dropout included", "backward", "optimizer step (fused AdamW)"]
+    step = "step (the four above, summed per step)"
+    assert {*parts, step, "dropout alone (its layers, forward + backward)"} <= set(rows)
+    assert any(k.startswith("validation pass (1,024 images") for k in rows)
+    assert any(k.startswith("epoch of 1,024 images") for k in rows)
+    for row in rows.values():  # best, then median: old, new, old/new
+        for old, new, ratio in (row[:3], row[3:]):
+            assert old > 0 and new > 0.005  # each printed rounded to 0.01:
+            assert (old - 0.005) / (new + 0.005) - 0.005 <= ratio <= (old + 0.005) / (new - 0.005) + 0.005
+    for column in (0, 1, 3, 4):  # a step takes each of its parts (best or median: not their sum, on a busy machine)
+        assert all(rows[step][column] >= rows[p][column] for p in parts)
+    peaks = re.findall(r"^(best|median): matmul peak GFLOP/s at 512x128x128 of 1: bf16 (\S+), fp32 (\S+)$", out, re.M)
+    assert [p[0] for p in peaks] == ["best", "median"] and all(float(x) > 0 for p in peaks for x in p[1:])
+    shares = re.findall(r"^  (old|new) (?:step|epoch): \d+ GFLOP/s = (\d+)% of the bf16 peak$", out, flags=re.M)
+    assert [path for path, _ in shares] == ["old", "new", "new"] * 2 and all(int(s) > 0 for _, s in shares)

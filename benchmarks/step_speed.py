@@ -1,0 +1,214 @@
+"""One training step of the frontier network (`python train.py model=best`: 4x1536 SiLU, dropout,
+affine + elastic augmentation, batch 512), part by part, the old path against the new, in one run:
+
+- the bf16 and fp32 matrix-product peaks at the step's own shape (batch x width x width),
+  measured here and now, in every round (a shared machine's speed drifts);
+- milliseconds of each part of a step: augmentation, forward (dropout included), dropout alone,
+  backward, optimizer; and of a validation pass; old and new interleaved step by step, medians;
+- a training epoch of the shipped winner's config, old and new interleaved, medians;
+- the step's GFLOP/s against the bf16 peak.
+
+The old path is torch's ``nn.Dropout`` (a float drawn per element by ``bernoulli_``); the new one
+is ``mlp.run.model.Dropout`` (16-bit random words against a threshold), what a run uses.
+
+    python benchmarks/step_speed.py            # 3 rounds of steps, 3 epochs of each path (about 2 minutes on 2 cores)
+    python benchmarks/step_speed.py --quick    # 1 round of 3 steps, an "epoch" of 2 batches: a smoke run
+    python benchmarks/step_speed.py trainer.precision=fp32   # Hydra overrides on top of model=best
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from epoch_speed import matmul_gflops, set_up, training_flops
+from hydra import compose, initialize_config_dir
+from torch import nn
+
+from mlp import PROJECT_ROOT
+from mlp.run import data, training
+from mlp.run.model import MLP, Dropout
+
+PATHS = ("old", "new")
+STEP = "step (the four above, summed per step)"
+
+
+def build(cfg, device: torch.device, path: str) -> tuple[MLP, torch.optim.Optimizer]:
+    """The model=best network and its optimizer; on the old path with torch's nn.Dropout."""
+    torch.manual_seed(cfg.trainer.seed)
+    m = cfg.model
+    model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout, generator=torch.Generator(device).manual_seed(0))
+    if path == "old":
+        for i, layer in enumerate(model):
+            if isinstance(layer, Dropout):
+                model[i] = nn.Dropout(layer.p)
+    model.to(device)
+    return model, training.make_optimizer(cfg.optimizer, model)
+
+
+class Clock:
+    """Seconds since the last call (the device's queue drained first)."""
+
+    def __init__(self, device: torch.device):
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+        self.sync()
+        self.last = time.perf_counter()
+
+    def __call__(self) -> float:
+        self.sync()
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        return seconds
+
+
+def step_parts(model, optimizer, augment, x, y, batch: int, g: torch.Generator, precision: str) -> dict[str, float]:
+    """Milliseconds of each part of one step as training.train_epoch takes it."""
+    model.train()  # as train_epoch: the validation passes between rounds leave it in eval mode
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    clock, ms = Clock(x.device), {}
+    idx = torch.randint(len(x), (batch,), generator=g).to(x.device)
+    xb, yb = x[idx], y[idx]
+    if augment is not None:
+        xb = augment(xb, g)
+    ms["augmentation (affine + elastic)"] = clock()
+    with autocast:
+        loss = F.cross_entropy(model(xb), yb)
+    ms["forward, dropout included"] = clock()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ms["backward"] = clock()
+    optimizer.step()
+    ms["optimizer step (fused AdamW)"] = clock()
+    ms[STEP] = sum(ms.values())
+    return {k: 1e3 * v for k, v in ms.items()}
+
+
+def dropout_ms(model: MLP, batch: int, dtype: torch.dtype, device: torch.device) -> float:
+    """Milliseconds of the model's dropout layers alone on one batch's activations, forward and backward."""
+    layers = [m.train() for m in model if isinstance(m, nn.Dropout | Dropout)]
+    h = torch.randn(batch, model[1].out_features, dtype=dtype, device=device, requires_grad=True)
+    clock = Clock(device)
+    for layer in layers:
+        layer(h).backward(torch.ones_like(h))
+    return 1e3 * clock()
+
+
+def levers(model: MLP, val_x: torch.Tensor, val_y: torch.Tensor) -> dict[str, float]:
+    """Milliseconds of what a step or an epoch could save in bf16: validating under autocast (runs
+    validate in fp32, so that the recorded accuracies are the served model's), and the casts of the
+    weights to bf16 and of their gradients back to fp32 that autocast makes every step."""
+    device, ms = val_x.device, {}
+    clock = Clock(device)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        training.evaluate(model, val_x, val_y)
+    ms[f"validation pass ({len(val_x):,} images) under bf16 autocast"] = 1e3 * clock()
+    for p in model.parameters():
+        p.detach().to(torch.bfloat16).float()
+    ms["a step's casts of the weights to bf16 and of their gradients to fp32"] = 1e3 * clock()
+    return ms
+
+
+def epoch_seconds(cfg, path: str, splits: data.Splits, precision: str, images: int) -> Callable[[], float]:
+    """A function that trains one more epoch of the model=best config on ``path``; its seconds."""
+    device, b = splits.train_x.device, cfg.trainer.batch_size
+    x, y = splits.train_x[:images], splits.train_y[:images]
+    model, optimizer = build(cfg, device, path)
+    schedule = training.make_schedule(cfg.schedule, optimizer, -(-len(x) // b) * cfg.trainer.epochs)
+    augment, g = data.make_augment(cfg.data, device), torch.Generator().manual_seed(cfg.trainer.seed)
+
+    def one() -> float:
+        clock = Clock(device)
+        training.train_epoch(
+            model, x, y, optimizer, schedule, batch_size=b, generator=g, augment=augment, precision=precision
+        )
+        return clock()
+
+    return one
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of peaks and steps (medians reported)")
+    parser.add_argument("--steps", type=int, default=10, help="steps of each path per round, interleaved")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs of each path, interleaved")
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 steps, an 'epoch' of 2 batches")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides on top of model=best")
+    args = parser.parse_args()
+    rounds, steps, epochs = (1, 3, 1) if args.quick else (args.rounds, args.steps, args.epochs)
+
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
+        cfg = compose(config_name="config", overrides=["model=best", *args.overrides])
+    device, precision = set_up(cfg)
+    m, b = cfg.model, cfg.trainer.batch_size
+    print(f"model=best: {m.num_layers}x{m.layer_size} {m.activation}, dropout {m.dropout:.3f}, batch {b}, {precision}")
+
+    splits = data.load_config(cfg.data, str(device))
+    augment = data.make_augment(cfg.data, device)
+    models = {path: build(cfg, device, path) for path in PATHS}
+    g = torch.Generator().manual_seed(0)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    peaks: dict[str, list[float]] = {"bf16": [], "fp32": []}
+    parts: dict[str, dict[str, list[float]]] = {path: {} for path in PATHS}
+    others: dict[str, list[float]] = {}
+    images = 2 * b if args.quick else len(splits.train_x)
+    val_x, val_y = splits.val_x[:images], splits.val_y[:images]
+    for path in PATHS:  # untimed: first calls allocate
+        step_parts(*models[path], augment, splits.train_x, splits.train_y, b, g, precision)
+    for _ in range(rounds):
+        if device.type == "cpu":
+            for name, t in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+                peaks[name].append(matmul_gflops(b, m.layer_size, m.layer_size, 0.1 if args.quick else 0.5, t))
+        for _ in range(steps):
+            for path in PATHS:
+                ms = step_parts(*models[path], augment, splits.train_x, splits.train_y, b, g, precision)
+                ms["dropout alone (its layers, forward + backward)"] = dropout_ms(models[path][0], b, dtype, device)
+                for key, value in ms.items():
+                    parts[path].setdefault(key, []).append(value)
+        for path in PATHS:
+            clock = Clock(device)
+            training.evaluate(models[path][0], val_x, val_y)
+            parts[path].setdefault(f"validation pass ({len(val_x):,} images, fp32)", []).append(1e3 * clock())
+        for key, ms in levers(models["new"][0], val_x, val_y).items():
+            others.setdefault(key, []).append(ms)
+
+    trainers = {path: epoch_seconds(cfg, path, splits, precision, images) for path in PATHS}
+    times: dict[str, list[float]] = {path: [] for path in PATHS}
+    for _ in range(epochs):
+        for path in PATHS:
+            times[path].append(trainers[path]())
+
+    # Best (the least contended of the repeats: a shared machine's load comes in bursts) and median.
+    table = {k: [parts[path][k] for path in PATHS] for k in parts["new"]}
+    table[f"epoch of {images:,} images (s; {epochs} of each)"] = [times[path] for path in PATHS]
+    width = max(map(len, table)) + 2
+    columns = f"{'best: old':>10}{'new':>9}{'old/new':>9}  {'median: old':>12}{'new':>9}{'old/new':>9}"
+    print(f"\n{'part (ms a step)':<{width}}{columns}")
+    for key, (old, new) in table.items():
+        best, median = (min(old), min(new)), (statistics.median(old), statistics.median(new))
+        print(f"{key:<{width}}{best[0]:10.2f}{best[1]:9.2f}{best[0] / best[1]:8.2f}x  "
+              f"{median[0]:12.2f}{median[1]:9.2f}{median[0] / median[1]:8.2f}x")  # fmt: skip
+    print("\nother levers, measured, not taken (ms, best and median):")
+    for key, ms in others.items():
+        print(f"  {key:<{width + 8}}{min(ms):9.2f}{statistics.median(ms):9.2f}")
+    model = models["new"][0]
+    flops = b * training_flops(model) / 1e9
+    print(f"\none step: {flops:.1f} GFLOP (forward, weight and input gradients of the Linear layers)")
+    if peaks["bf16"]:
+        shape = f"{b}x{m.layer_size}x{m.layer_size}"
+        for stat, f in (("best", max), ("median", statistics.median)):
+            bf16, fp32 = f(peaks["bf16"]), f(peaks["fp32"])
+            print(f"{stat}: matmul peak GFLOP/s at {shape} of {rounds}: bf16 {bf16:.1f}, fp32 {fp32:.1f}")
+            for path in PATHS:
+                ms = min(parts[path][STEP]) if stat == "best" else statistics.median(parts[path][STEP])
+                print(f"  {path} step: {flops / ms * 1e3:.0f} GFLOP/s = {flops / ms * 1e3 / bf16:.0%} of the bf16 peak")
+            epoch = min(times["new"]) if stat == "best" else statistics.median(times["new"])
+            rate = images * training_flops(model) / 1e9 / epoch
+            print(f"  new epoch: {rate:.0f} GFLOP/s = {rate / bf16:.0%} of the bf16 peak")
+
+
+if __name__ == "__main__":
+    main()
