@@ -130,6 +130,73 @@ def epoch_seconds(cfg, path: str, splits: data.Splits, precision: str, images: i
     return one
 
 
+Series = dict[str, list[float]]  # what was measured -> its repeats
+
+
+def measure_steps(cfg, splits: data.Splits, precision: str, rounds: int, steps: int, images: int, quick: bool):
+    """(matmul peaks by dtype, each path's parts of a step, the levers not taken): ``rounds`` of
+    the peaks, then ``steps`` steps of each path interleaved, then a validation pass of each."""
+    device, b, width = splits.train_x.device, cfg.trainer.batch_size, cfg.model.layer_size
+    augment = data.make_augment(cfg.data, device)
+    models = {path: build(cfg, device, path) for path in PATHS}
+    g = torch.Generator().manual_seed(0)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    peaks: Series = {"bf16": [], "fp32": []}
+    parts: dict[str, Series] = {path: {} for path in PATHS}
+    others: Series = {}
+    val_x, val_y = splits.val_x[:images], splits.val_y[:images]
+    for path in PATHS:  # untimed: first calls allocate
+        step_parts(*models[path], augment, splits.train_x, splits.train_y, b, g, precision)
+    for _ in range(rounds):
+        if device.type == "cpu":
+            for name, t in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+                peaks[name].append(matmul_gflops(b, width, width, 0.1 if quick else 0.5, t))
+        for _ in range(steps):
+            for path in PATHS:
+                ms = step_parts(*models[path], augment, splits.train_x, splits.train_y, b, g, precision)
+                ms["dropout alone (its layers, forward + backward)"] = dropout_ms(models[path][0], b, dtype, device)
+                for key, value in ms.items():
+                    parts[path].setdefault(key, []).append(value)
+        for path in PATHS:
+            clock = Clock(device)
+            training.evaluate(models[path][0], val_x, val_y)
+            parts[path].setdefault(f"validation pass ({len(val_x):,} images, fp32)", []).append(1e3 * clock())
+        for key, ms in levers(models["new"][0], val_x, val_y).items():
+            others.setdefault(key, []).append(ms)
+    return peaks, parts, others
+
+
+def print_table(parts: dict[str, Series], times: Series, others: Series, images: int) -> None:
+    """Each part, old and new: best (the least contended of the repeats: a shared machine's load
+    comes in bursts) and median, and their ratios; then the levers not taken."""
+    table = {k: [parts[path][k] for path in PATHS] for k in parts["new"]}
+    table[f"epoch of {images:,} images (s; {len(times['new'])} of each)"] = [times[path] for path in PATHS]
+    width = max(map(len, table)) + 2
+    columns = f"{'best: old':>10}{'new':>9}{'old/new':>9}  {'median: old':>12}{'new':>9}{'old/new':>9}"
+    print(f"\n{'part (ms a step)':<{width}}{columns}")
+    for key, (old, new) in table.items():
+        best, median = (min(old), min(new)), (statistics.median(old), statistics.median(new))
+        print(f"{key:<{width}}{best[0]:10.2f}{best[1]:9.2f}{best[0] / best[1]:8.2f}x  "
+              f"{median[0]:12.2f}{median[1]:9.2f}{median[0] / median[1]:8.2f}x")  # fmt: skip
+    print("\nother levers, measured, not taken (ms, best and median):")
+    for key, ms in others.items():
+        print(f"  {key:<{width + 8}}{min(ms):9.2f}{statistics.median(ms):9.2f}")
+
+
+def print_rates(peaks: Series, steps_ms: Series, epochs_s: list[float], step_gflop: float, epoch_gflop: float) -> None:
+    """The bf16 and fp32 peaks, and the GFLOP/s of each path's step and of the new epoch against
+    the bf16 peak: from the best repeats, then from the medians."""
+    for stat, f in (("best", max), ("median", statistics.median)):
+        bf16, fp32 = f(peaks["bf16"]), f(peaks["fp32"])
+        print(f"{stat}: matmul peak GFLOP/s of {len(peaks['bf16'])}: bf16 {bf16:.1f}, fp32 {fp32:.1f}")
+        pick = min if stat == "best" else statistics.median
+        for path in PATHS:
+            rate = step_gflop / pick(steps_ms[path]) * 1e3
+            print(f"  {path} step: {rate:.0f} GFLOP/s = {rate / bf16:.0%} of the bf16 peak")
+        rate = epoch_gflop / pick(epochs_s)
+        print(f"  new epoch: {rate:.0f} GFLOP/s = {rate / bf16:.0%} of the bf16 peak")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of peaks and steps (medians reported)")
@@ -145,69 +212,21 @@ def main() -> None:
     device, precision = set_up(cfg)
     m, b = cfg.model, cfg.trainer.batch_size
     print(f"model=best: {m.num_layers}x{m.layer_size} {m.activation}, dropout {m.dropout:.3f}, batch {b}, {precision}")
-
     splits = data.load_config(cfg.data, str(device))
-    augment = data.make_augment(cfg.data, device)
-    models = {path: build(cfg, device, path) for path in PATHS}
-    g = torch.Generator().manual_seed(0)
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    peaks: dict[str, list[float]] = {"bf16": [], "fp32": []}
-    parts: dict[str, dict[str, list[float]]] = {path: {} for path in PATHS}
-    others: dict[str, list[float]] = {}
     images = 2 * b if args.quick else len(splits.train_x)
-    val_x, val_y = splits.val_x[:images], splits.val_y[:images]
-    for path in PATHS:  # untimed: first calls allocate
-        step_parts(*models[path], augment, splits.train_x, splits.train_y, b, g, precision)
-    for _ in range(rounds):
-        if device.type == "cpu":
-            for name, t in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-                peaks[name].append(matmul_gflops(b, m.layer_size, m.layer_size, 0.1 if args.quick else 0.5, t))
-        for _ in range(steps):
-            for path in PATHS:
-                ms = step_parts(*models[path], augment, splits.train_x, splits.train_y, b, g, precision)
-                ms["dropout alone (its layers, forward + backward)"] = dropout_ms(models[path][0], b, dtype, device)
-                for key, value in ms.items():
-                    parts[path].setdefault(key, []).append(value)
-        for path in PATHS:
-            clock = Clock(device)
-            training.evaluate(models[path][0], val_x, val_y)
-            parts[path].setdefault(f"validation pass ({len(val_x):,} images, fp32)", []).append(1e3 * clock())
-        for key, ms in levers(models["new"][0], val_x, val_y).items():
-            others.setdefault(key, []).append(ms)
-
+    peaks, parts, others = measure_steps(cfg, splits, precision, rounds, steps, images, args.quick)
     trainers = {path: epoch_seconds(cfg, path, splits, precision, images) for path in PATHS}
-    times: dict[str, list[float]] = {path: [] for path in PATHS}
+    times: Series = {path: [] for path in PATHS}
     for _ in range(epochs):
         for path in PATHS:
             times[path].append(trainers[path]())
 
-    # Best (the least contended of the repeats: a shared machine's load comes in bursts) and median.
-    table = {k: [parts[path][k] for path in PATHS] for k in parts["new"]}
-    table[f"epoch of {images:,} images (s; {epochs} of each)"] = [times[path] for path in PATHS]
-    width = max(map(len, table)) + 2
-    columns = f"{'best: old':>10}{'new':>9}{'old/new':>9}  {'median: old':>12}{'new':>9}{'old/new':>9}"
-    print(f"\n{'part (ms a step)':<{width}}{columns}")
-    for key, (old, new) in table.items():
-        best, median = (min(old), min(new)), (statistics.median(old), statistics.median(new))
-        print(f"{key:<{width}}{best[0]:10.2f}{best[1]:9.2f}{best[0] / best[1]:8.2f}x  "
-              f"{median[0]:12.2f}{median[1]:9.2f}{median[0] / median[1]:8.2f}x")  # fmt: skip
-    print("\nother levers, measured, not taken (ms, best and median):")
-    for key, ms in others.items():
-        print(f"  {key:<{width + 8}}{min(ms):9.2f}{statistics.median(ms):9.2f}")
-    model = models["new"][0]
-    flops = b * training_flops(model) / 1e9
-    print(f"\none step: {flops:.1f} GFLOP (forward, weight and input gradients of the Linear layers)")
-    if peaks["bf16"]:
-        shape = f"{b}x{m.layer_size}x{m.layer_size}"
-        for stat, f in (("best", max), ("median", statistics.median)):
-            bf16, fp32 = f(peaks["bf16"]), f(peaks["fp32"])
-            print(f"{stat}: matmul peak GFLOP/s at {shape} of {rounds}: bf16 {bf16:.1f}, fp32 {fp32:.1f}")
-            for path in PATHS:
-                ms = min(parts[path][STEP]) if stat == "best" else statistics.median(parts[path][STEP])
-                print(f"  {path} step: {flops / ms * 1e3:.0f} GFLOP/s = {flops / ms * 1e3 / bf16:.0%} of the bf16 peak")
-            epoch = min(times["new"]) if stat == "best" else statistics.median(times["new"])
-            rate = images * training_flops(model) / 1e9 / epoch
-            print(f"  new epoch: {rate:.0f} GFLOP/s = {rate / bf16:.0%} of the bf16 peak")
+    print_table(parts, times, others, images)
+    flops = training_flops(build(cfg, torch.device("cpu"), "new")[0]) / 1e9  # per image
+    print(f"\none step: {b * flops:.1f} GFLOP (forward, weight and input gradients of the Linear layers)")
+    if peaks["bf16"]:  # measured on CPUs only
+        print(f"matmul products of {b}x{m.layer_size}x{m.layer_size}")
+        print_rates(peaks, {path: parts[path][STEP] for path in PATHS}, times["new"], b * flops, images * flops)
 
 
 if __name__ == "__main__":
