@@ -34,9 +34,9 @@ ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --workers 1 $(ARGS)
 
 # The digit recognizer: a page to draw on and a JSON API (POST /predict) at http://127.0.0.1:8000,
-# serving models:/mnist-mlp@champion (made by `python train.py model=best`); ARGS="--port 8001" etc.
+# serving models:/mnist-mlp@champion (made by `python train.py model=best`); PORT=8001, ARGS="--model compact" etc.
 serve: $(STAMP)
-	$(BIN)/python -m mlp.serve $(ARGS)
+	$(BIN)/python -m mlp.serve $(if $(PORT),--port $(PORT)) $(ARGS)
 
 # MLflow's own model server for the champion at http://127.0.0.1:5002/invocations: uvicorn found on PATH,
 # the project's tracking store named (no stray ./mlflow.db), the venv used as it is (no new environment).

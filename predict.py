@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    failed = 0
+    failed, saved = 0, set()
     for name in args.images:
         try:
             pixels = images.load_digit(name)
@@ -58,9 +58,19 @@ def main(argv: list[str] | None = None) -> int:
             continue
         probs = recognizer.predict(pixels[None])[0]
         first, second = probs.argsort()[::-1][:2]
-        print(f"{name}: {first} ({probs[first]:.1%}), runner-up {second} ({probs[second]:.1%})")
+        line = f"{name}: {first} ({probs[first]:.1%}), runner-up {second} ({probs[second]:.1%})"
         if args.save_input:
-            out = Path(args.save_input) / f"{Path(name).name}.28x28.png"
+            # Inputs of one name from several folders (a/x.png b/x.png) each keep their own file.
+            label, n = Path(name).name, 1
+            while label in saved:
+                n += 1
+                label = f"{Path(name).name}-{n}"
+            saved.add(label)
+            out = Path(args.save_input) / f"{label}.28x28.png"
+            if n > 1:
+                line += f"; its 28x28 input is saved as {out}"
+        print(line)
+        if args.save_input:
             try:
                 out.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(pixels).save(out)

@@ -221,19 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlp.serve", description="The digit recognizer as a local web app.",
                                      epilog=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    parser.add_argument("--model", default=DEFAULT_URI, type=model_uri,
-                        help="model URI, or an alias: champion, compact (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--model", default=DEFAULT_URI, help="model URI, or an alias: champion, compact (default: %(default)s)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     parser.add_argument("--port", type=port_number, default=8000, help="port, 1-65535 (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
+        uri = model_uri(args.model)
         sock = listen(args.host, args.port)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     torch.set_num_threads(1)  # one small image at a time: more threads only add hand-over time
-    app = create_app(args.model)
+    app = create_app(uri)
     print(f"digit recognizer: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0

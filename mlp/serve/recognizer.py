@@ -15,12 +15,16 @@ from omegaconf import OmegaConf
 from mlp import PROJECT_ROOT
 from mlp.errors import UserError, first_line
 from mlp.run import tracking
-from mlp.run.registry import DEFAULT_MODEL, DEFAULT_URI
+from mlp.run.registry import COMPACT, DEFAULT_MODEL, DEFAULT_URI
 from mlp.sqlite_files import sqlite_file
 
 DEFAULT_DIR = PROJECT_ROOT / "mlruns"  # conf/config.yaml's tracking.dir
 DEFAULT_TRACKING = f"sqlite:///{DEFAULT_DIR / 'mlflow.db'}"
 HOW_TO_MAKE_ONE = "train and register one with:  python train.py model=best   (or any run with tracking.register=true)"
+HOW_TO_MAKE_COMPACT = (
+    "the alias compact comes from a Pareto sweep (python train.py -m hydra/sweeper=optuna_pareto) or from "
+    "python sweep.py compact --trial N"
+)
 
 
 def use_tracking(uri: str | None = None) -> str:
@@ -31,9 +35,18 @@ def use_tracking(uri: str | None = None) -> str:
     return uri
 
 
+MODEL_URIS = "models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model, a logged model's folder, or an alias"
+
+
 def model_uri(text: str) -> str:
     """A model URI as given (models:/..., runs:/..., a path), or an alias of the project's
-    registered model: ``compact`` is models:/mnist-mlp@compact."""
+    registered model: ``compact`` is models:/mnist-mlp@compact. A web address is refused: MLflow
+    reads models from its tracking store (MLFLOW_TRACKING_URI names a server), not from a URL."""
+    if re.match(r"[a-z][a-z0-9+.-]*://", text) and not text.startswith("file://"):
+        raise UserError(
+            f"--model {text!r} is not a model URI: expected {MODEL_URIS} (champion, compact); a tracking server "
+            "is named by MLFLOW_TRACKING_URI"
+        )
     return text if ":" in text or "/" in text else f"models:/{DEFAULT_MODEL}@{text}"
 
 
@@ -90,4 +103,5 @@ def resolve(uri: str, tracking_uri: str) -> str:
         # Anything else (a locked or damaged store) is no proof that the model is gone.
         if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise
-    raise NoModel(f"no model at {uri} in {tracking_uri}: {HOW_TO_MAKE_ONE}")
+    how = HOW_TO_MAKE_COMPACT if match[2] == COMPACT else HOW_TO_MAKE_ONE
+    raise NoModel(f"no model at {uri} in {tracking_uri}: {how}")
