@@ -5,6 +5,7 @@ are reused as they are) plus a pruner, the winner file and Optuna's heartbeat. T
 project's own, on public APIs only: mlp/sweep/worker.py.
 """
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,10 @@ class StudySweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> None:
-        from mlp.sweep.worker import run_worker  # here, not at the top: Hydra imports every plugin on each start
+        # Here, not at the top: Hydra imports every plugin on each start.
+        from mlp.sweep import protocol
+        from mlp.sweep.worker import run_worker
 
+        # Inherited by the jobs that launchers start in processes of their own (mlp.sweep.job.follow_worker).
+        os.environ[protocol.ENV_WORKER] = f"{os.uname().nodename}:{os.getpid()}"
         run_worker(self.config, self.launcher, arguments)

@@ -1,4 +1,5 @@
-"""The job's side of a sweep trial: report each epoch to its Optuna trial, stop when told.
+"""The job's side of a sweep trial: report each epoch to its Optuna trial, stop when told, and
+end with the worker (``follow_worker``) when it runs in a process of its own.
 
 The worker tells a job which trial it is (mlp.sweep.protocol's ``sweep.*`` overrides);
 the job opens that trial in the study storage and, after every epoch, reports its validation
@@ -11,16 +12,25 @@ every exception from a job as an error with its traceback.) Nothing here imports
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import os
+import signal
+import threading
+import time
 from typing import Any
 
 import optuna
+import psutil
 from hydra.utils import instantiate
 
 from mlp.errors import ConfigError, UserError, first_line
 from mlp.sweep import protocol
 from mlp.sweep.kill_points import reach
 from mlp.sweep.storage import open_storage
+
+log = logging.getLogger(__name__)
 
 
 def progress_step(epoch: int, epochs: int) -> int:
@@ -60,10 +70,46 @@ def make_pruner(spec: Any) -> optuna.pruners.BasePruner | None:
 
 def judge(sweep: Any) -> TrialLink | None:
     """What hears a job's epochs: its trial's link when the job is a pruned sweep trial (the
-    run config's ``sweep`` group, set by the worker), else None."""
+    run config's ``sweep`` group, set by the worker), else None. A sweep trial's job in a process
+    of its own also starts following its worker here (``follow_worker``)."""
     if sweep.trial is not None:
+        follow_worker()
         reach("job")
     return TrialLink.open(sweep.storage, sweep.study, sweep.trial)
+
+
+@functools.cache  # one watch per process: joblib's processes run one trial after another
+def follow_worker(poll: float = 1.0, grace: float = 5.0) -> None:
+    """When this job runs in another process than its sweep worker on the same machine (the
+    joblib and submitit_local launchers; ``protocol.ENV_WORKER`` names the worker), end this
+    process once the worker is gone (killed, or its machine's OOM killer): the trial is the
+    study's to retry, and a job left running, or an idle joblib process, would hold the cores for
+    minutes. First as Ctrl-C (where the process takes it, as submitit's do, the trial's MLflow run
+    ends KILLED; joblib's ignore it), then for sure after ``grace`` seconds. A job that starts after
+    its worker died ends at once."""
+    host, _, pid = os.environ.get(protocol.ENV_WORKER, "").partition(":")
+    if host != os.uname().nodename or not pid.isdigit() or int(pid) == os.getpid():
+        return  # in the worker's own process (the basic launcher), or on another machine (SLURM)
+    try:
+        worker = psutil.Process(int(pid))
+    except psutil.NoSuchProcess:
+        worker = None
+
+    def gone() -> bool:  # a zombie is dead too; is_running also tells a new process that took the pid
+        with contextlib.suppress(psutil.Error):
+            return worker is None or not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+        return True
+
+    def watch() -> None:
+        while not gone():
+            time.sleep(poll)
+        log.warning("the sweep worker (pid %s) is gone: this trial's job ends", pid)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # joblib's processes ignore Ctrl-C
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(grace)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="follow-worker", daemon=True).start()
 
 
 class TrialLink:

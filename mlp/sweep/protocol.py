@@ -25,6 +25,8 @@ RUN_ID = "sweep.run_id"  # the MLflow run the worker opened for it; the job resu
 STORAGE = "sweep.storage"  # the study storage's URL (a pruned trial reports there)
 SLOT = "sweep.slot"  # which of the worker's parallel trials it is (picks a GPU)
 THREADS = "trainer.threads"  # parallel trials share the cores (recorded, so model=best reruns alike)
+# -- the environment a worker hands its jobs -----------------------------------------------------
+ENV_WORKER = "MLP_SWEEP_WORKER"  # host:pid of the worker: a job in a process of its own ends when it dies
 
 
 def quoted(value: str) -> str:
