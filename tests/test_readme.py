@@ -147,7 +147,7 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
     )
     assert default.returncode == 0, default.stderr[-2000:]
     shipped = (ROOT / "conf/model/best.yaml").read_text()
-    assert (clone / "conf/model/best.yaml").read_text() == shipped  # the synthetic study scored lower: file kept
+    assert (clone / "conf/model/best.yaml").read_text() == shipped  # the synthetic study scored other data: kept
 
     for line in sweep_lines:
         done = shell(clone, line)

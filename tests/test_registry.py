@@ -125,8 +125,9 @@ def test_winner_origin_reads_the_winner_files_header(tmp_path: Path) -> None:
 
 def test_the_shipped_winner_file_has_a_winner_line() -> None:
     origin = winner_origin({"hydra.choice.model": "best"}, [str(ROOT / "conf")])
-    study, trial, _ = winner_record(ROOT / "conf" / "model" / "best.yaml")
-    assert origin == {"study": study, "trial": str(trial)}  # e.g. tpe-0, 69: the sweep it came from
+    recorded = winner_record(ROOT / "conf" / "model" / "best.yaml")
+    assert origin == {"study": recorded.study, "trial": str(recorded.trial)}  # e.g. tpe-0, 69: the sweep it came from
+    assert recorded.trained_on == CANONICAL  # read from its data section: it was written before the line named it
 
 
 def _winner_file(folder: Path, study: str, data: str) -> None:

@@ -109,8 +109,8 @@ CORES = "1 to 2 (this machine's cores), or -1 to -2"
         (["hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0 is not accepted"),
         (
             ["hydra.sweeper.best_config=/tmp"],
-            "hydra.sweeper.best_config='/tmp' is not accepted: expected a file "
-            "path in a writable folder, or null for no winner file (it is a folder)",
+            "hydra.sweeper.best_config='/tmp' is not accepted: expected a new file or a winner file, in a writable "
+            "folder, or null for no winner file (it is a folder)",
         ),
         (
             ["hydra.sweeper.best_config=/etc/hostname/best.yaml"],
@@ -232,8 +232,12 @@ def test_sweep_py_reads_a_study_whose_name_has_a_quote(study_with_runs, capsys: 
 # -- sweep.py export follows the sweep's winner rule -------------------------------------
 
 
-def winner_text(study: str, value: float) -> str:
-    return f"# @package _global_\n# winner: study={study} trial=3 value={value} run=abc\nmodel:\n  num_layers: 4\n"
+SYNTHETIC = "data=synthetic val_size=100 split_seed=0"  # what study_with_runs' trials were trained on
+
+
+def winner_text(study: str, value: float, data: str = SYNTHETIC) -> str:
+    header = f"# @package _global_\n# winner: study={study} trial=3 value={value} run=abc {data}\n"
+    return header + "model:\n  num_layers: 4\n"
 
 
 def test_export_never_replaces_a_better_winner_without_replace(
@@ -259,7 +263,9 @@ def test_export_never_replaces_a_better_winner_without_replace(
         f"wrote {best}: trial 1, validation accuracy 0.7000; the version it replaced is artifact "
         f"previous/best.yaml of MLflow run {parent}\n"
     )
-    assert winner_files.recorded_winner(best) == ("smoke", 1)
+    recorded = winner_files.winner_record(best)
+    assert (recorded.study, recorded.trial) == ("smoke", 1)
+    assert recorded.trained_on == winner_files.TrainedOn("synthetic", 100, 0)
     kept = Path(client.download_artifacts(parent, "previous/best.yaml", str(tmp_path / "dl")))
     assert sha256(kept) == before  # the old version, byte for byte
     written = yaml.safe_load(best.read_text())
@@ -271,12 +277,10 @@ def test_export_never_replaces_a_better_winner_without_replace(
     assert code == 2 and "scored 0.7000; trial 0 of study smoke scored 0.5000, no better" in err  # worse: refused
 
 
-def test_a_sweep_keeps_a_better_winner_file(tmp_path: Path) -> None:
+def test_a_sweep_keeps_a_better_winner_file(study_with_runs, tmp_path: Path) -> None:
+    _, client, study = study_with_runs("smoke")
     path = tmp_path / "best.yaml"
     path.write_text(winner_text("mnist-mlp", 0.9903))
-    study = optuna.create_study(study_name="mnist-mlp", direction="maximize")
-    study.add_trial(optuna.trial.create_trial(value=0.9885, params={}, distributions={}))
-    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     with pytest.raises(export.WinnerKept) as info:
         export.update_winner(study, study.best_trial, client, None, path)
     assert info.value.tag == "best.yaml: 0.9903 (study mnist-mlp, trial 3)"
@@ -428,7 +432,7 @@ def test_interrupted_while_writing_the_report_ends_the_parent_killed(opened, mon
     with pytest.raises(KeyboardInterrupt):
         sweep.finish("FINISHED")
     assert sweep.client.get_run(sweep.joined.parent_id).info.status == "KILLED"
-    assert sha256(best) == before and winner_files.winner_record(best) == ("end", 3, 0.99)
+    assert sha256(best) == before and winner_files.winner_record(best).value == 0.99
 
 
 def test_a_winner_file_that_cannot_be_written_ends_the_parent_failed(opened, tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from mlp.errors import UserError
-from mlp.run.winner_files import recorded_winner
+from mlp.run.winner_files import winner_record
 from mlp.sweep.settings import Plan, fixed_config
 from mlp.sweep.study import join
 from tests.helpers import CONF, ROOT, TINY, Sweep, run_train, seed_store, subprocess_env
@@ -72,7 +72,8 @@ def test_winner_file_holds_the_best_trial_and_reproduces_it(swept: Sweep) -> Non
     best = max(swept.study_trials(), key=lambda t: t.value)
     text = swept.best.read_text()
     assert text.startswith("# @package _global_")
-    assert recorded_winner(swept.best) == (swept.study, best.number)
+    recorded = winner_record(swept.best)
+    assert (recorded.study, recorded.trial) == (swept.study, best.number)
     if best.number < 2:  # the third trial did not win: the file was left as it was
         assert text == swept.first_winner
     values = yaml.safe_load(text)
@@ -112,7 +113,8 @@ def test_sweep_py_leaderboard_list_and_export(swept: Sweep) -> None:
     trial = swept.study_trials()[1]
     values = yaml.safe_load(out.read_text())
     assert values["model"]["num_layers"] == trial.params["model.num_layers"]
-    assert recorded_winner(out) == ("test", 1)
+    recorded = winner_record(out)
+    assert (recorded.study, recorded.trial) == ("test", 1)
     missing = swept.sweep_py("leaderboard", "nope")
     assert missing.returncode == 2 and missing.stderr.strip() == (
         f"error: no study 'nope' in {swept.storage}; studies there: test"

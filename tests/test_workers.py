@@ -20,7 +20,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlp.run.winner_files import recorded_winner
+from mlp.run.winner_files import winner_record
 from mlp.sweep.storage import open_storage
 from tests.helpers import ROOT, subprocess_env
 
@@ -99,7 +99,8 @@ def check_study_and_runs(root: Path, storage: str, client: MlflowClient, killed:
                 a.path for a in client.list_artifacts(run.info.run_id)
             }
     assert len(children) == len(trials)
-    assert recorded_winner(root / "best_workers.yaml") == ("workers", study.best_trial.number)
+    recorded = winner_record(root / "best_workers.yaml")
+    assert (recorded.study, recorded.trial) == ("workers", study.best_trial.number)
 
 
 def run_three_workers(root: Path, storage: str, env: dict[str, str], client: MlflowClient) -> None:

@@ -10,65 +10,22 @@ champion's. Any other model can be registered, but never becomes champion.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
 
-from mlp import PROJECT_ROOT
+from mlp.run.winner_files import TrainedOn, canonical_split
 
 log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 DEFAULT_MODEL = "mnist-mlp"
 DEFAULT_URI = f"models:/{DEFAULT_MODEL}@{CHAMPION}"
-
-
-@dataclass(frozen=True)
-class TrainedOn:
-    """What a model was trained and scored on: the data set and its train/validation split."""
-
-    data: str
-    val_size: int
-    split_seed: int
-
-    @classmethod
-    def of(cls, data: Any) -> TrainedOn:
-        """From a run's ``data`` config, or its params/tags (``data.name``, ``data.val_size``, ``data.split_seed``)."""
-        if isinstance(data, dict):
-            return cls(str(data["data.name"]), int(data["data.val_size"]), int(data["data.split_seed"]))
-        return cls(str(data.name), int(data.val_size), int(data.split_seed))
-
-    @property
-    def canonical(self) -> bool:
-        return self == canonical_split()
-
-    def tags(self) -> dict[str, str]:
-        return {
-            "data.name": self.data,
-            "data.val_size": str(self.val_size),
-            "data.split_seed": str(self.split_seed),
-            "champion_eligible": str(self.canonical).lower(),
-        }
-
-    def __str__(self) -> str:
-        split = f"val_size {self.val_size}, split_seed {self.split_seed}"
-        if self.canonical:
-            return f"MNIST's canonical split ({split})"
-        return f"MNIST with {split}" if self.data == "mnist" else f"data={self.data}"
-
-
-@functools.cache
-def canonical_split() -> TrainedOn:
-    """data=mnist with conf/data/mnist.yaml's own val_size and split_seed (10000, 0): the split every
-    champion was validated on, whatever a run overrides."""
-    defaults = OmegaConf.load(PROJECT_ROOT / "conf" / "data" / "mnist.yaml")
-    return TrainedOn(str(defaults.name), int(defaults.val_size), int(defaults.split_seed))
 
 
 @dataclass(frozen=True)
@@ -89,9 +46,11 @@ class Registered:
 
 
 def _val_acc(client: MlflowClient, version: Any) -> float:
-    """A version's validation accuracy: its tag, else its run's metric, else -1 (never better)."""
-    if "val_acc" in version.tags:
-        return float(version.tags["val_acc"])
+    """A version's validation accuracy: its tag, else (no tag, or one edited into something that
+    is not a number) its run's metric, else -1 (never better)."""
+    with contextlib.suppress(KeyError, ValueError):
+        if math.isfinite(value := float(version.tags["val_acc"])):
+            return value
     with contextlib.suppress(MlflowException):
         return client.get_run(version.run_id).data.metrics.get("val/acc", -1.0)
     return -1.0

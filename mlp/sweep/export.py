@@ -1,6 +1,7 @@
 """A trial's configuration exported as a winner file (conf/model/best*.yaml), by a sweep as it
-ends and by ``sweep.py export``: written atomically, and only over a file that holds a worse
-trial (the file it replaces kept in the study's MLflow parent run)."""
+ends and by ``sweep.py export``: written atomically, never over a file that is not a winner file,
+and over a winner file only when it holds a worse trial scored on the same data and split (the
+file it replaces kept in the study's MLflow parent run)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlp.errors import UserError, first_line
 from mlp.files import write_atomic
 from mlp.run import registry
-from mlp.run.winner_files import winner_record
+from mlp.run.winner_files import TrainedOn, WinnerRecord, winner_record
 from mlp.sweep import front
 from mlp.sweep.kill_points import reach
 from mlp.sweep.report import trial_runs
@@ -56,9 +57,7 @@ def best_values(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[
     return values
 
 
-def winner_yaml(
-    study_name: str, trial: optuna.trial.FrozenTrial, acc: float, values: dict[str, Any], run_id: str, path: Path
-) -> str:
+def winner_yaml(study_name: str, record: WinnerRecord, values: dict[str, Any], run_id: str, path: Path) -> str:
     option = path.stem if path.parent.name == "model" else None
     rerun = (
         f"python train.py model={option}"
@@ -67,35 +66,42 @@ def winner_yaml(
     )
     header = (
         "# @package _global_\n"
-        f"# winner: study={study_name} trial={trial.number} value={acc!r} run={run_id or 'unknown'}\n"
-        f"# The best trial of Optuna study '{study_name}' ({datetime.date.today().isoformat()}): trial {trial.number}, "
-        f"validation accuracy {acc:.4f}, MLflow run {run_id or 'unknown'}.\n"
+        f"{record.line(run_id)}\n"
+        f"# The best trial of Optuna study '{study_name}' ({datetime.date.today().isoformat()}): trial {record.trial}, "
+        f"validation accuracy {record.value:.4f} on {record.trained_on}, MLflow run {run_id or 'unknown'}.\n"
         f"# Reproduce it with:  {rerun}\n"
     )
     return header + OmegaConf.to_yaml(OmegaConf.create(values))
 
 
 class WinnerKept(UserError):
-    """A winner file that records a better trial than the one offered: kept as it is."""
+    """A winner file kept as it is: it records a better trial, or one scored on other data."""
 
-    def __init__(self, path: Path, recorded: tuple[str, int, float], offered: tuple[str, int, float], flag: str):
-        self.path, (self.study, self.number, self.value) = path, recorded
-        study, number, value = offered
-        super().__init__(
-            f"{path} is kept: it holds trial {self.number} of study {self.study}, which scored {self.value:.4f}; "
-            f"trial {number} of study {study} scored {value:.4f}, no better ({flag} replaces it)"
-        )
+    def __init__(self, path: Path, recorded: WinnerRecord, offered: WinnerRecord, flag: str):
+        self.path, self.recorded = path, recorded
+        held = f"{path} is kept: it holds trial {recorded.trial} of study {recorded.study}"
+        held += f", which scored {recorded.value:.4f}"
+        offer = f"trial {offered.trial} of study {offered.study}"
+        if recorded.trained_on != offered.trained_on:
+            why = (f"{held} on {recorded.trained_on or 'unrecorded data'}; {offer} was scored on {offered.trained_on}: "
+                   "only scores on the same data and split are compared")  # fmt: skip
+        else:
+            why = f"{held}; {offer} scored {offered.value:.4f}, no better"
+        super().__init__(f"{why} ({flag} replaces it)")
 
     @property
     def tag(self) -> str:
-        return f"{self.path.name}: {self.value:.4f} (study {self.study}, trial {self.number})"
+        r = self.recorded
+        return f"{self.path.name}: {r.value:.4f} (study {r.study}, trial {r.trial})"
 
 
 def winner_path_problem(path: Path) -> str | None:
     """Why a winner file cannot be written at ``path`` (a folder, under a file, an unwritable
-    folder), or None."""
+    folder, a file that is not a winner file), or None."""
     if path.is_dir():
         return "it is a folder"
+    if path.exists() and winner_record(path) is None:
+        return "it is a file of something else, not a winner file (no '# winner:' line): it is left as it is"
     folder = path.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -104,6 +110,9 @@ def winner_path_problem(path: Path) -> str | None:
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"the folder {folder} is not writable"
     return None
+
+
+WINNER_PATHS = "a new file or a winner file, in a writable folder"
 
 
 def update_winner(
@@ -116,34 +125,34 @@ def update_winner(
     flag: str = "hydra.sweeper.replace_winner=true",
 ) -> bool:
     """Write ``trial`` of ``study`` to the winner file at ``path``, the rule of a sweep and of
-    ``sweep.py export`` alike: False when the file already holds that trial; WinnerKept when it
-    records a trial that scored at least as well (for the study's direction), unless ``replace``
+    ``sweep.py export`` alike: never over a file that is not a winner file; False when the file
+    already holds that trial; WinnerKept when it records a trial that scored at least as well or
+    was scored on other data or another split, unless ``replace``
     (``flag`` says how to ask for that); the file it replaces goes to the parent run's artifacts
     (``previous/``) first, and the new one is written atomically."""
     path = Path(path)
     if (problem := winner_path_problem(path)) is not None:
-        raise UserError(f"cannot write {path}: {problem} (a winner file needs a file path in a writable folder)")
+        raise UserError(f"cannot write {path}: {problem} (a winner file goes to {WINNER_PATHS})")
     recorded = winner_record(path)
-    if recorded is not None and recorded[:2] == (study.study_name, trial.number):
+    if recorded is not None and (recorded.study, recorded.trial) == (study.study_name, trial.number):
         return False
-    acc = front.accuracy(study, trial)  # with several objectives, validation accuracy decides (mlp.sweep.front)
-    higher = front.several(study) or study.direction == optuna.study.StudyDirection.MAXIMIZE
-    if recorded is not None and not replace and (recorded[2] >= acc if higher else recorded[2] <= acc):
-        raise WinnerKept(path, recorded, (study.study_name, trial.number, acc), flag)
-    runs = trial_runs(client, study)
-    run = runs.get(trial.number)
-    values = best_values(trial_config(client, run, trial), run.data.tags if run else None)
+    run = trial_runs(client, study).get(trial.number)
+    config = trial_config(client, run, trial)
+    # Validation accuracy decides, maximized in every study (mlp.sweep.settings.objectives).
+    offered = WinnerRecord(study.study_name, trial.number, front.accuracy(study, trial), TrainedOn.of(config.data))
+    if recorded is not None and not replace:
+        if recorded.value >= offered.value or recorded.trained_on != offered.trained_on:
+            raise WinnerKept(path, recorded, offered, flag)
+    values = best_values(config, run.data.tags)
     if path.exists():
         keep_previous(path, client, parent_id, study.study_name)
     try:
         write_atomic(
-            path, winner_yaml(study.study_name, trial, acc, values, run.info.run_id, path), lambda _: reach("winner")
+            path, winner_yaml(study.study_name, offered, values, run.info.run_id, path), lambda _: reach("winner")
         )
     except OSError as e:
-        raise UserError(
-            f"cannot write {path}: {e.strerror or e} (a winner file needs a file path in a writable folder)"
-        ) from e
-    log.info("wrote %s: trial %d, validation accuracy %.4f", path, trial.number, acc)
+        raise UserError(f"cannot write {path}: {e.strerror or e} (a winner file goes to {WINNER_PATHS})") from e
+    log.info("wrote %s: trial %d, validation accuracy %.4f", path, trial.number, offered.value)
     return True
 
 

@@ -21,7 +21,7 @@ from mlp.run.config import GROUPS, joblib_count
 from mlp.run.tracking import flatten
 from mlp.run.winner_files import check_study_name
 from mlp.sweep import protocol
-from mlp.sweep.export import winner_path_problem
+from mlp.sweep.export import WINNER_PATHS, winner_path_problem
 from mlp.sweep.job import make_pruner
 from mlp.sweep.sampler import PerTrialSampler, sampler_factory
 from mlp.sweep.space import SearchSpace
@@ -119,7 +119,7 @@ def check_settings(config: DictConfig) -> int:
     check("max_retry", s.max_retry >= 0, "an integer >= 0: how often a dead worker's trial runs again")
     check("compact_within", 0 <= s.compact_within <= 1, "a validation accuracy distance from 0 to 1")
     if s.best_config is not None and (problem := winner_path_problem(Path(s.best_config))) is not None:
-        check("best_config", False, f"a file path in a writable folder, or null for no winner file ({problem})")
+        check("best_config", False, f"{WINNER_PATHS}, or null for no winner file ({problem})")
     launcher = config.hydra.get("launcher") or {}
     kind = str(launcher.get("_target_", "")).rsplit(".", 1)[-1]
     pool = 0  # joblib's processes, when it is the launcher
