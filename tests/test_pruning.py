@@ -77,7 +77,7 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep(monkeypatch: py
     assert official.items() <= ours.items()  # the official schema, extended
     overrides = [
         "hydra/sweeper=optuna", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=7",
-        "hydra.sweeper.direction=minimize", "hydra.sweeper.storage=null", "hydra.sweeper.study_name=other",
+        "hydra.sweeper.direction=[maximize]", "hydra.sweeper.storage=null", "hydra.sweeper.study_name=other",
         "hydra.sweeper.n_trials=3", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=4",
         "hydra.sweeper.max_failure_rate=0.25",
         "hydra.sweeper.custom_search_space=tests.test_pruning.batch_sizes",
@@ -89,7 +89,8 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep(monkeypatch: py
     assert isinstance(sweep.sampler, PerTrialSampler) and isinstance(
         sweep.sampler.current, optuna.samplers.RandomSampler
     )
-    assert (sweep.directions, sweep.study_name) == ([optuna.study.StudyDirection.MINIMIZE], "other")
+    # A direction list of one (the official sweeper's form); minimize is refused (tests/test_refusals.py).
+    assert (sweep.directions, sweep.study_name) == ([optuna.study.StudyDirection.MAXIMIZE], "other")
     assert (sweep.n_trials, sweep.n_jobs, sweep.settings.max_failure_rate, sweep.settings.storage) == (3, 4, 0.25, None)
     assert sweep.space.distributions["optimizer.lr"].choices == (1e-3, 3e-3)  # the command line joins params
     assert set(sweep.space.distributions) == {

@@ -13,7 +13,8 @@ what the rest of the study must clear up (tests/test_kill_points.py):
 - ``winner``: while the winner file is written (its temporary file complete, not yet renamed).
 
 ``MLP_SWEEP_KILL_AT=<point>`` kills the process the first time it reaches ``<point>``;
-``<point>:<n>`` the n-th time. Unset, as in every real sweep, a point costs one lookup.
+``<point>:<n>`` the n-th time; a worker refuses any other value as it starts (``check``). Unset,
+as in every real sweep, a point costs one lookup.
 """
 
 from __future__ import annotations
@@ -22,10 +23,23 @@ import os
 import signal
 import threading
 
+from mlp.errors import ConfigError
+
 KILL_AT = "MLP_SWEEP_KILL_AT"
 POINTS = ("ask", "sampler", "asked", "job", "tell", "report", "winner")
 _reached: dict[str, int] = {}
 _lock = threading.Lock()
+
+
+def check() -> None:
+    """The variable names a point and a count >= 1, when set: a typo would kill nothing (or fail
+    every trial) and the test that set it would prove nothing."""
+    wanted = os.environ.get(KILL_AT)
+    if not wanted:
+        return
+    name, colon, nth = wanted.partition(":")
+    if name not in POINTS or (colon and not (nth.isdigit() and int(nth) >= 1)):
+        raise ConfigError(KILL_AT, wanted, f"<point> or <point>:<n> with n >= 1, the point one of {', '.join(POINTS)}")
 
 
 def reach(point: str) -> None:

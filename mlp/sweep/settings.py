@@ -3,6 +3,7 @@ and launcher, the searched keys; and the study's fixed config (what joining work
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable
@@ -14,13 +15,15 @@ import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_method  # Hydra's own locator, as its Optuna sweeper uses it
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from optuna.distributions import CategoricalDistribution
 
 from mlp import PROJECT_ROOT
-from mlp.errors import ConfigError
-from mlp.run.config import GROUPS, joblib_count
+from mlp.errors import ConfigError, UserError, first_line
+from mlp.run.config import GROUPS, joblib_count, validate
 from mlp.run.tracking import flatten
 from mlp.run.winner_files import check_study_name
-from mlp.sweep import protocol
+from mlp.sweep import kill_points, protocol
 from mlp.sweep.export import WINNER_PATHS, winner_path_problem
 from mlp.sweep.job import make_pruner
 from mlp.sweep.sampler import PerTrialSampler, sampler_factory
@@ -65,16 +68,33 @@ def shipped_defaults(config: DictConfig) -> dict[str, Any]:
     return found
 
 
-def check_search_space(config: DictConfig, keys: list[str]) -> None:
-    """An unknown key would fail every trial: stop before the first."""
+def check_search_space(config: DictConfig, space: SearchSpace) -> None:
+    """An unknown key, or a value that its key's type, range or group refuses (``choice(relu, nosuch)``
+    for the activation, ``interval(0, 1.5)`` for dropout; each choice, and each end of a range, beside
+    the base config's other values), would fail trials or stop the sweep after its first: stop before."""
     task = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-    for key in keys:
+    for key in [*space.distributions, *(f.split("=", 1)[0] for f in space.fixed)]:
         if key.startswith(("hydra.", "hydra/", "+", "~")) or "/" in key or key in GROUPS:
             continue  # Hydra's own keys, additions, deletions and group choices are checked by Hydra
         if OmegaConf.select(task, key, default=_MISSING) is _MISSING:
             raise ConfigError(
                 f"hydra.sweeper.params.{key}", "", "a key of the training config (see python train.py --cfg job)"
             )
+    folders = [Path(s.path) for s in config.hydra.runtime.config_sources if s.schema == "file"]
+    for key, dist in space.distributions.items():
+        for value in dist.choices if isinstance(dist, CategoricalDistribution) else (dist.low, dist.high):
+            if key in GROUPS and not any((f / key / f"{value}.yaml").is_file() for f in folders):
+                options = sorted({p.stem for f in folders for p in (f / key).glob("*.yaml")})
+                raise UserError(f"search space: {key}={value}: no such option; expected one of {', '.join(options)}")
+            if key not in GROUPS and not key.startswith(("hydra.", "+", "~")):
+                trial = copy.deepcopy(task)
+                try:
+                    OmegaConf.update(trial, key, value, merge=False)
+                    validate(trial)  # in range: a dropout of 1.5 fails here, not in every trial that draws it
+                except UserError as e:
+                    raise UserError(f"search space: {e}") from e
+                except OmegaConfBaseException as e:
+                    raise UserError(f"search space: {key}={value}: {first_line(e.msg or e)}") from e
 
 
 _MISSING = object()
@@ -135,15 +155,19 @@ def check_settings(config: DictConfig) -> int:
 
 
 def check_enqueued(points: Any, space: SearchSpace) -> None:
-    """hydra.sweeper.enqueue_trials: each a mapping of searched keys to values in their range (a
-    key fixed on the command line is not searched: its value there wins, the entry's is unused)."""
-    fixed = {f.split("=", 1)[0] for f in space.fixed}
+    """hydra.sweeper.enqueue_trials: each a mapping of searched keys to values in their range. A
+    key fixed on the command line or in the params is not searched: an entry may repeat its value
+    (a preset's entry beside ``model.num_layers=4``), never differ from it."""
+    fixed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(space.fixed)}
     for i, point in enumerate(points):
         key = f"hydra.sweeper.enqueue_trials[{i}]"
         if not OmegaConf.is_dict(point):
             raise ConfigError(key, point, "a mapping of searched keys to values, e.g. {model.layer_size: 1024}")
         for name, value in point.items():
             if name in fixed:
+                if fixed[name] != value:
+                    why = f"it is fixed at {fixed[name]!r} on the command line or in hydra.sweeper.params"
+                    raise ConfigError(f"{key}.{name}", value, f"no entry for {name}, which is not searched: {why}")
                 continue
             if name not in space.distributions:
                 raise ConfigError(f"{key}.{name}", value, f"a searched key: {', '.join(space.distributions)}")
@@ -170,10 +194,14 @@ def objectives(settings: DictConfig, pruner: Any) -> tuple[list[str], list[optun
             f"one direction per objective: hydra.sweeper.objectives names {len(names)} ({', '.join(names)})",
         )  # fmt: skip
     found = [optuna.study.StudyDirection[d.upper()] for d in directions]
+    if dict(zip(names, directions, strict=True)).get(protocol.OBJECTIVE, "").lower() != "maximize":
+        # Minimized, validation accuracy would make the least accurate trial the study's best and its winner.
+        if names == [protocol.OBJECTIVE]:
+            why = f"the objective is validation accuracy ({protocol.OBJECTIVE}); a study's winner is its most accurate"
+            raise ConfigError("hydra.sweeper.direction", directions[0], f"maximize: {why} trial")
+        raise ConfigError("hydra.sweeper.objectives", names, f"{protocol.OBJECTIVE} among them, maximized "
+                          "(a study's winner file is its most accurate trial)")  # fmt: skip
     if len(names) > 1:
-        if dict(zip(names, directions, strict=True)).get(protocol.OBJECTIVE, "").lower() != "maximize":
-            raise ConfigError("hydra.sweeper.objectives", names, f"{protocol.OBJECTIVE} among them, maximized "
-                              "(a study's winner file is its most accurate trial)")  # fmt: skip
         if pruner is not None:
             raise ConfigError("hydra.sweeper.pruner", pruner["_target_"], "none with several objectives: Optuna "
                               "prunes single-objective studies only (hydra/sweeper/pruner=none)")  # fmt: skip
@@ -201,9 +229,10 @@ class Plan:
     @classmethod
     def of(cls, config: DictConfig, arguments: list[str]) -> Plan:
         s = config.hydra.sweeper
+        kill_points.check()
         n_jobs = check_settings(config)
         space = SearchSpace.parse([f"{k}={v}" for k, v in (s.params or {}).items()] + list(arguments))
-        check_search_space(config, list(space.distributions) + [f.split("=", 1)[0] for f in space.fixed])
+        check_search_space(config, space)
         spec = s.get("pruner")
         pruner_spec = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
         if make_pruner(pruner_spec) is None:

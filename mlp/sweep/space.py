@@ -118,6 +118,24 @@ class SearchSpace:
             return False
         return not (isinstance(dist, IntDistribution) and (value - dist.low) % dist.step)
 
+    def exhausted(self, params: list[dict[str, Any]]) -> bool:
+        """Whether ``params`` (the study's trials' parameters) hold every configuration of the space,
+        when it has finitely many (choices and integer ranges only): a new trial could only repeat one."""
+        size = 1
+        for dist in self.distributions.values():
+            if isinstance(dist, CategoricalDistribution):
+                size *= len(dist.choices)
+            elif isinstance(dist, IntDistribution):
+                size *= len(range(dist.low, dist.high + 1, 1 if dist.log else dist.step))
+            else:
+                return False  # an interval of floats
+        return (
+            len(
+                {tuple(sorted(p.items())) for p in params if self.contains(p) and p.keys() == self.distributions.keys()}
+            )
+            >= size
+        )
+
     def describe(self, name: str) -> str:
         """The key's range in words, for messages."""
         dist = self.distributions[name]

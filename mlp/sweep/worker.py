@@ -137,7 +137,14 @@ class Worker:
                              len(self.mine))  # fmt: skip
                 said.append(True)
                 return False
-            return len(self.mine) < self.plan.n_trials and not self.too_many_failures()
+            if len(self.mine) >= self.plan.n_trials or self.too_many_failures():
+                return False
+            if self.plan.extend is None and self.plan.space.exhausted([t.params for t in self.tried()]):
+                if not said:
+                    log.info("every configuration of the search space has run: no new trial")
+                said.append(True)
+                return False
+            return True
 
         self.run_slots(more)
         if self.too_many_failures():
@@ -145,6 +152,11 @@ class Worker:
                 f"{self.failures} of this worker's {self.told} trials failed, more than max_failure_rate "
                 f"{settings.max_failure_rate}: stopping (see each trial's {protocol.FAILURE} in MLflow)"
             )
+
+    def tried(self) -> list[optuna.trial.FrozenTrial]:
+        """The study's trials that ran or run, not the skipped repeats (``ask``)."""
+        trials = self.study.get_trials(deepcopy=False, states=(COMPLETE, PRUNED, FAIL, RUNNING))
+        return [t for t in trials if not t.user_attrs.get(protocol.ATTR_FAILURE, "").startswith(protocol.DUPLICATE)]
 
     def too_many_failures(self) -> bool:
         return self.told > 0 and self.failures / self.told > float(self.plan.settings.max_failure_rate)
@@ -255,9 +267,8 @@ class Worker:
 
     def same_config(self, trial: optuna.trial.FrozenTrial) -> int | None:
         """The number of an earlier trial with the same parameters that ran or runs, if any."""
-        for other in self.study.get_trials(deepcopy=False, states=(COMPLETE, PRUNED, FAIL, RUNNING)):
-            skipped = other.user_attrs.get(protocol.ATTR_FAILURE, "").startswith(protocol.DUPLICATE)
-            if other.number != trial.number and other.params == trial.params and not skipped:
+        for other in self.tried():
+            if other.number != trial.number and other.params == trial.params:
                 return other.number
         return None
 
