@@ -35,7 +35,7 @@ from omegaconf import OmegaConf
 
 from mlp import PROJECT_ROOT
 from mlp.cli import closed_pipe_quietly
-from mlp.errors import UserError, first_line
+from mlp.errors import UserError, check_writable_folder, first_line
 from mlp.run import tracking
 from mlp.run.winner_files import STUDY_NAME, STUDY_NAME_RULE, winner_file
 from mlp.sqlite_files import sqlite_file
@@ -227,6 +227,8 @@ def cmd_plots(args: argparse.Namespace) -> None:
     study = load_study(args.study, args.storage)
     if not args.out and not args.mlflow:
         raise UserError("plots: give --out DIR, --mlflow, or both")
+    if args.out:
+        check_writable_folder("--out", args.out)  # before any figure is drawn
     client = mlflow_client(need="the study's parent run is there") if args.mlflow else None
     parent = study.user_attrs.get(protocol.STUDY_PARENT_RUN) if client is not None else None
     if client is not None and parent is None:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from mlp.errors import UserError, accepted_keys, first_line, no_space_line, out_of_space
+from mlp.errors import UserError, accepted_keys, first_line, no_space_line, out_of_space, written_by
 from mlp.run.hydra_job import in_sweep
 
 # Hydra reports a bad combination of its flags (e.g. -m with --cfg) as a ValueError naming them.
@@ -42,6 +42,16 @@ def _key_from_a_file(source: str, schema: str, key: str) -> str:
     return f"{key}: set by {source}, but the chosen {group} ({schema}) has no such key{hint}{accepted}"
 
 
+def _no_space(ex: BaseException, path: str | None, why: str) -> str:
+    """A full disk named by what filled up: the study storage, Hydra's output folder, the MLflow store."""
+    writer = written_by(ex)
+    if writer == "optuna":  # the sweeper names the file where it knows it (hydra_plugins/mlp_sweeper)
+        return no_space_line(path or "the Optuna storage", why, "hydra.sweeper.storage")
+    if writer == "hydra":
+        return no_space_line(path or "Hydra's output folder", why, "hydra.run.dir (hydra.sweep.dir with -m)")
+    return no_space_line(path, why, "tracking.dir" if writer == "mlflow" else None)
+
+
 def one_line(ex: BaseException) -> str | None:
     """The message for an error a user can fix, or None for anything else (a bug)."""
     # Hydra, OmegaConf and YAML only when there is an error to sort: predict.py starts without them.
@@ -52,7 +62,7 @@ def one_line(ex: BaseException) -> str | None:
     if isinstance(ex, UserError):
         return str(ex)
     if (full := out_of_space(ex)) is not None:
-        return no_space_line(*full)
+        return _no_space(ex, *full)
     if isinstance(ex, OSError) and ex.filename is not None:  # e.g. Hydra making hydra.run.dir in a file or /proc
         return (
             f"cannot use {ex.filename}: {ex.strerror} (an output folder must be a folder you can write in: "
@@ -65,6 +75,13 @@ def one_line(ex: BaseException) -> str | None:
     if _raised_by_hydras_command_line(ex):
         return f"{ex} (python train.py --help lists the flags)"
     cause = ex.__cause__ if isinstance(ex.__cause__, OmegaConfBaseException) else ex
+    if isinstance(cause, OmegaConfBaseException) and _is_sweep(getattr(cause, "object_type", None)):
+        # `hydra.sweeper.params={model.dropout:interval(0,0.3)}`: OmegaConf cannot hold a sweep object
+        key, kind = str(getattr(cause, "full_key", "")).rsplit(".", 1)[0], cause.object_type.__name__[:-5].lower()
+        return (
+            f"hydra.sweeper.params: {key}: a sweep ({kind}) cannot be a value inside a mapping on the command line; "
+            f"give it as an argument of its own: python train.py -m '{key}={kind}(...)'"
+        )
     if isinstance(cause, OmegaConfBaseException):
         key = getattr(cause, "full_key", None)
         msg = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
@@ -77,6 +94,16 @@ def one_line(ex: BaseException) -> str | None:
         text = re.sub(r"\s*Config search path:.*", "", str(ex), flags=re.S)
         return re.sub(r"\s*\n\s*", " ", text).strip()
     return None
+
+
+def _has_no_key(argument: str) -> bool:
+    return not argument.startswith("-") and "=" in argument and not argument.split("=", 1)[0].lstrip("+~")
+
+
+def _is_sweep(kind: Any) -> bool:
+    from hydra.core.override_parser.types import Sweep  # with the other error sorting: only when there is one
+
+    return isinstance(kind, type) and issubclass(kind, Sweep)
 
 
 def _exit(message: str) -> NoReturn:
@@ -121,6 +148,9 @@ def run_cli(main: Callable[[], Any]) -> None:
         main()
         return
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    # Hydra reads `=3` as a group override with no group and says "must be a string or a list".
+    if (keyless := next((a for a in sys.argv[1:] if _has_no_key(a)), None)) is not None:
+        _exit(f"the override {keyless!r} has no key: expected key=value, e.g. trainer.epochs=3")
     # A log line that cannot be written (stdout closed by `| head`) is dropped, not a
     # "--- Logging error ---" traceback per line; closed_pipe_quietly ends the program.
     logging.raiseExceptions = False

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import sqlite3
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -82,5 +84,18 @@ def out_of_space(ex: BaseException) -> tuple[str | None, str] | None:
     return None
 
 
-def no_space_line(path: str | None, why: str) -> str:
-    return f"no space left ({why}) while writing {path or 'a file'}: free space or point tracking.dir elsewhere"
+def written_by(ex: BaseException) -> str | None:
+    """Whose write ``ex`` interrupted: "optuna" or "mlflow" (each wraps its database's errors in
+    exceptions of its own), "hydra" (its own files: raised in its code), else None."""
+    chain = _chain(ex)
+    for e in reversed(chain):  # the wrapper nearest the database's own error decides
+        if (package := type(e).__module__.split(".")[0]) in ("optuna", "mlflow"):
+            return package
+    raised_in = [traceback.extract_tb(e.__traceback__)[-1].filename for e in chain if e.__traceback__]
+    return "hydra" if any(f"{os.sep}hydra{os.sep}" in f for f in raised_in) else None
+
+
+def no_space_line(path: str | Path | None, why: str, setting: str | None = "tracking.dir") -> str:
+    """A full disk in one line: what was being written and the ``setting`` that puts it there."""
+    way_out = f"free space or point {setting} elsewhere" if setting else "free space on its disk"
+    return f"no space left ({why}) while writing {path or 'a file'}: {way_out}"

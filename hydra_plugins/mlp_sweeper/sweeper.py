@@ -47,9 +47,18 @@ class StudySweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         # Here, not at the top: Hydra imports every plugin on each start.
+        from mlp.errors import UserError, no_space_line, out_of_space, written_by
+        from mlp.sqlite_files import sqlite_file
         from mlp.sweep import protocol
         from mlp.sweep.worker import run_worker
 
         # Inherited by the jobs that launchers start in processes of their own (mlp.sweep.job.follow_worker).
         os.environ[protocol.ENV_WORKER] = f"{os.uname().nodename}:{os.getpid()}"
-        run_worker(self.config, self.launcher, arguments)
+        try:
+            run_worker(self.config, self.launcher, arguments)
+        except Exception as e:
+            if (full := out_of_space(e)) is None or written_by(e) != "optuna":
+                raise
+            storage = self.config.hydra.sweeper.storage  # the study storage's disk is full: name its file
+            where = full[0] or sqlite_file(storage) or storage
+            raise UserError(no_space_line(where, full[1], "hydra.sweeper.storage")) from e

@@ -20,9 +20,10 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from mlp import PROJECT_ROOT
 from mlp.errors import ConfigError, UserError, accepted_keys
+from mlp.run import hydra_job
 from mlp.run.data import pool_size
 from mlp.run.model import ACTIVATIONS, parameter_count
-from mlp.run.winner_files import winner_file
+from mlp.run.winner_files import chosen_winner, winner_file
 
 GROUPS = ("model", "optimizer", "schedule", "data", "trainer")  # the config groups of one run
 
@@ -279,7 +280,12 @@ def _check_data(cfg: DictConfig) -> int:
     """The data group's values in range; returns the number of training images it draws from."""
     d = cfg.data
     kind = "synthetic" if "num_train" in d else "mnist"
+    if d.name != kind:
+        _check_winner_data(d.name, kind)
     _check(cfg, "data.name", d.name == kind, f"{kind!r} for this data group (choose another with data=...)")
+    if kind == "mnist":
+        _check(cfg, "data.root", bool(str(d.root).strip()), "a folder for the MNIST files, e.g. the project's data/")
+    _check(cfg, "data.split_seed", 0 <= d.split_seed < 2**63, "an integer from 0 to 2**63 - 1")
     pool = pool_size(d.name, d.get("num_train", 0))
     if kind == "synthetic":
         _check(cfg, "data.num_train", d.num_train >= 2, "an integer >= 2")
@@ -287,9 +293,7 @@ def _check_data(cfg: DictConfig) -> int:
     _check(cfg, "data.max_shift", 0 <= d.max_shift <= 8, "an integer from 0 (off) to 8 pixels")
     _check(cfg, "data.max_rotation", 0 <= d.max_rotation <= 45, "degrees from 0 (off) to 45")
     _check(cfg, "data.max_scale", 0 <= d.max_scale < 0.5, "a fraction from 0 (off) to below 0.5")
-    _check(
-        cfg, "data.elastic_alpha", 0 <= d.elastic_alpha < math.inf, "pixels, a finite number >= 0 (0: off; Simard: 34)"
-    )
+    _check(cfg, "data.elastic_alpha", 0 <= d.elastic_alpha <= 100, "pixels from 0 (off) to 100 (Simard: 34)")
     if d.elastic_alpha > 0:
         _check(
             cfg,
@@ -299,6 +303,19 @@ def _check_data(cfg: DictConfig) -> int:
         )
     _check(cfg, "data.val_size", 1 <= d.val_size < pool, f"an integer from 1 to {pool - 1} ({pool} training images)")
     return pool
+
+
+def _check_winner_data(name: str, kind: str) -> None:
+    """A winner file beside another data group (``model=best data=synthetic``) sets data values of
+    its own: say so, rather than that data.name does not fit the group."""
+    found = chosen_winner(hydra_job.chosen("model"), hydra_job.config_folders())
+    if found is None or found[1].trained_on is None or found[1].trained_on.data != name:
+        return
+    path = found[0]
+    raise UserError(
+        f"data={kind} does not fit model={path.stem}: {path} is a winner file, which selects its own data "
+        f"(data.name: {name}, with the values its trial was scored on); leave data=... out"
+    )
 
 
 def _machine_memory(device: str) -> tuple[int, str] | None:

@@ -5,6 +5,7 @@ was composed from, its sweep folder and the config folders Hydra searched."""
 from __future__ import annotations
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 
 
@@ -25,6 +26,19 @@ def group_choices(groups: tuple[str, ...]) -> dict[str, str]:
         return {}
     chosen = HydraConfig.get().runtime.choices
     return {f"hydra.choice.{g}": str(chosen[g]) for g in groups if chosen.get(g) is not None}
+
+
+def chosen(group: str) -> list[str]:
+    """The options of ``group`` as this run chose them: a list for ``model=[mlp,best]`` (which
+    Hydra's record of choices leaves out), else the one option, or none outside Hydra."""
+    if not HydraConfig.initialized():
+        return []
+    for override in reversed(OverridesParser.create().parse_overrides(task_overrides())):
+        if override.key_or_group == group and not override.is_delete():
+            value = override.value()
+            return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    choice = HydraConfig.get().runtime.choices.get(group)
+    return [] if choice is None else [str(choice)]
 
 
 def sweep_dir() -> str:

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from mlp import PROJECT_ROOT
-from mlp.errors import UserError, check_writable_folder, first_line, no_space_line, out_of_space
+from mlp.errors import ConfigError, UserError, check_writable_folder, first_line, no_space_line, out_of_space
 from mlp.sqlite_files import read_only, sqlite_creation_lock, sqlite_file, table_names
 from mlp.sweep import protocol
 
@@ -35,10 +35,21 @@ PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "hydra-core", "omegaconf"
 def tracking_uri(tracking: DictConfig) -> str:
     """``tracking.uri``, else $MLFLOW_TRACKING_URI, else SQLite in ``tracking.dir``."""
     if tracking.uri:
-        return tracking.uri
+        return _store_url(tracking.uri, "tracking.uri")
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+        return _store_url(os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI")
     return f"sqlite:///{Path(tracking.dir).resolve() / 'mlflow.db'}"
+
+
+def _store_url(uri: str, key: str) -> str:
+    """A tracking URI names a database or a server: anything else (a folder, a typo) MLflow takes
+    for its file store, which it refuses with a page about migrating."""
+    if "://" not in uri or uri.startswith("file:"):
+        raise ConfigError(key, uri, f"a database URL ({TRACKING_URIS}) or a tracking server (http://host:port)")
+    return uri
+
+
+TRACKING_URIS = "sqlite:////abs/path/mlflow.db, postgresql://user@host/db, ..."
 
 
 def _default_store(tracking: DictConfig) -> bool:
@@ -46,9 +57,11 @@ def _default_store(tracking: DictConfig) -> bool:
 
 
 def check_tracking_dir(tracking: DictConfig) -> None:
-    """``tracking.dir`` can be written where the default store lives in it (a probe: nothing is left)."""
+    """``tracking.dir`` can be written where the default store lives in it (a probe: nothing is
+    left); another store's URI names a database or a server."""
     if _default_store(tracking):
         check_writable_folder("tracking.dir", tracking.dir)
+    tracking_uri(tracking)
 
 
 def check_local_store(tracking: DictConfig) -> None:
@@ -78,17 +91,15 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
     mlflow.set_tracking_uri(uri)
     location = (Path(tracking.dir).resolve() / "artifacts").as_uri() if default_store else None
     try:
-        with sqlite_creation_lock(uri):  # the first access creates (migrates) a new store
-            experiment = mlflow.get_experiment_by_name(tracking.experiment)
-            if experiment is None:
-                try:
-                    return uri, mlflow.create_experiment(tracking.experiment, artifact_location=location)
-                except mlflow.exceptions.MlflowException:  # another worker created it first (a server)
-                    experiment = mlflow.get_experiment_by_name(tracking.experiment)
+        experiment = _experiment(uri, tracking.experiment, location)
     except Exception as e:  # MLflow's and SQLAlchemy's errors alike
+        if (full := out_of_space(e)) is not None:
+            raise UserError(no_space_line(full[0] or sqlite_file(uri), full[1])) from e
         raise UserError(
             f"MLflow tracking at {uri} is not usable: {first_line(e)} (set tracking.uri or MLFLOW_TRACKING_URI)"
         ) from e
+    if isinstance(experiment, str):
+        return uri, experiment
     if experiment.lifecycle_stage == "deleted":  # MLflow keeps a deleted experiment's name until `mlflow gc`
         raise UserError(
             f"tracking.experiment={tracking.experiment!r} is deleted in MLflow ({uri}): restore it with "
@@ -98,10 +109,33 @@ def use_experiment(tracking: DictConfig) -> tuple[str, str]:
     return uri, experiment.experiment_id
 
 
+def _experiment(uri: str, name: str, location: str | None) -> Any:
+    """The experiment ``name`` in the store at ``uri`` (its id when this call created it). A new
+    SQLite store that its first access fails to create (a full disk) is removed, not left half made
+    for the next run to trip over ("table ... already exists")."""
+    path = sqlite_file(uri)
+    with sqlite_creation_lock(uri):  # the first access creates (migrates) a new store
+        new = path is not None and (not path.exists() or path.stat().st_size == 0)
+        try:
+            experiment = mlflow.get_experiment_by_name(name)
+            if experiment is None:
+                try:
+                    return mlflow.create_experiment(name, artifact_location=location)
+                except mlflow.exceptions.MlflowException:  # another worker created it first (a server)
+                    experiment = mlflow.get_experiment_by_name(name)
+            return experiment
+        except BaseException:
+            if new:
+                path.unlink(missing_ok=True)
+            raise
+
+
 def check_sqlite_store(uri: str) -> None:
     """A SQLite file that is not MLflow's (MLflow would silently add its tables to it), or is
     damaged, is one line before MLflow touches it."""
     path = sqlite_file(uri)
+    if path is not None and path.is_dir():
+        raise UserError(f"MLflow tracking at {uri} is not usable: {path} is a folder, not a SQLite file")
     if path is None or not path.exists() or path.stat().st_size == 0:
         return
     try:

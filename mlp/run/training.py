@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
-from mlp.errors import DivergedError
+from mlp.errors import ConfigError, DivergedError, first_line
 
 EVAL_BATCH = 4096
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # batch -> transformed batch
@@ -31,8 +31,14 @@ class Evaluation:
 
 def make_optimizer(spec: Any, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer an ``optimizer`` config names (``_target_`` + arguments) over the model's
-    parameters: a new optimizer is a new YAML file."""
-    return instantiate(spec, params=model.parameters(), _execution_whitelist_="torch.optim.*")
+    parameters: a new optimizer is a new YAML file. One that cannot be made with these arguments
+    (torch.optim.LBFGS takes no weight_decay, nor steps without a closure) is one line."""
+    try:
+        return instantiate(spec, params=model.parameters(), _execution_whitelist_="torch.optim.*")
+    except Exception as e:
+        cause = first_line(e.__cause__ or e)
+        accepted = f"a torch.optim optimizer taking lr, weight_decay and fused, as conf/optimizer/*.yaml do ({cause})"
+        raise ConfigError("optimizer._target_", spec.get("_target_"), accepted) from e
 
 
 def make_schedule(spec: Any, optimizer: torch.optim.Optimizer, total_steps: int) -> LRScheduler:

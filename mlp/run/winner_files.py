@@ -123,7 +123,7 @@ def winner_record(path: Path) -> WinnerRecord | None:
 
 
 def _data_section(path: Path) -> TrainedOn | None:
-    with contextlib.suppress(Exception):  # noqa: BLE001 - any file that does not say is unrecorded
+    with contextlib.suppress(Exception):  # any file that does not say is unrecorded
         return TrainedOn.of(OmegaConf.load(path).data)
     return None
 

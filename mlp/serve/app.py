@@ -230,12 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         uri = model_uri(args.model)
         sock = listen(args.host, args.port)
+        torch.set_num_threads(1)  # one small image at a time: more threads only add hand-over time
+        app = create_app(uri)  # a bad MLFLOW_TRACKING_URI: one line too
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    torch.set_num_threads(1)  # one small image at a time: more threads only add hand-over time
-    app = create_app(uri)
     print(f"digit recognizer: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     return 0

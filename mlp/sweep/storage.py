@@ -58,9 +58,16 @@ def check_storage(url: str, key: str = "hydra.sweeper.storage") -> bool:
     """Refuse a database that holds another application's tables (Optuna would add its own to
     it) or that cannot be read, before Optuna opens it. True when it is an Optuna storage,
     False when there is no database or no table yet."""
+    if (path := sqlite_file(url)) is not None and path.is_dir():
+        raise UserError(f"{key}: {path} is a folder; a SQLite storage is a file (e.g. {path}/optuna.db)")
     try:
         tables = storage_tables(url)
-    except Exception as e:  # a bad URL, a damaged file, a server that does not answer, a missing driver
+    except ModuleNotFoundError as e:  # the URL is fine: SQLAlchemy's driver for it is not installed
+        raise UserError(
+            f"{key}: {url} needs the Python module {e.name!r}, which is not installed: install the database "
+            f"driver SQLAlchemy names for this URL (psycopg2-binary for postgresql:// is pinned here)"
+        ) from e
+    except Exception as e:  # a bad URL, a damaged file, a server that does not answer
         raise ConfigError(key, url, f"{STORAGE_CHOICES} ({first_line(e)})") from e
     if tables and not OPTUNA_TABLES <= tables:
         raise UserError(

@@ -98,10 +98,18 @@ def join(plan: Plan, config: DictConfig) -> Joined:
         study = optuna.create_study(
             study_name=plan.study_name, storage=storage, sampler=plan.sampler, directions=plan.directions
         )
-        parent_id, created = _create_parent(study, plan, config, client, (uri, experiment_id), fixed), True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=plan.study_name, storage=storage, sampler=plan.sampler)
         parent_id, created = _check_joined(study, plan, client, uri, forms), False
+    else:
+        try:
+            parent_id, created = _create_parent(study, plan, config, client, (uri, experiment_id), fixed), True
+        except BaseException:
+            # Set up in part: the study goes too (where the storage still takes a write), so that the
+            # same command starts it afresh rather than waiting for a parent run never recorded.
+            with contextlib.suppress(Exception):
+                optuna.delete_study(study_name=plan.study_name, storage=storage)
+            raise
     client.update_run(parent_id, status="RUNNING")
     rdb = storage if isinstance(storage, optuna.storages.RDBStorage) else None
     study_id = storage.get_study_id_from_name(plan.study_name)
@@ -140,13 +148,17 @@ def _create_parent(
             protocol.TAG_STORAGE: str(plan.storage),
         },
     )
-    study.set_metric_names(plan.objectives)  # optuna-dashboard and Optuna's plots name them
-    study.set_user_attr(protocol.STUDY_FIXED_CONFIG, fixed)
-    study.set_user_attr(protocol.STUDY_TRACKING_URI, uri)
-    study.set_user_attr(protocol.STUDY_PARENT_RUN, parent.info.run_id)
-    client.log_dict(parent.info.run_id, fixed, "study_fixed_config.json")
-    for name, params in reference_points(plan, config):
-        study.enqueue_trial(params, user_attrs={protocol.ATTR_REFERENCE: name})
+    try:
+        study.set_metric_names(plan.objectives)  # optuna-dashboard and Optuna's plots name them
+        study.set_user_attr(protocol.STUDY_FIXED_CONFIG, fixed)
+        study.set_user_attr(protocol.STUDY_TRACKING_URI, uri)
+        study.set_user_attr(protocol.STUDY_PARENT_RUN, parent.info.run_id)
+        client.log_dict(parent.info.run_id, fixed, "study_fixed_config.json")
+        for name, params in reference_points(plan, config):
+            study.enqueue_trial(params, user_attrs={protocol.ATTR_REFERENCE: name})
+    except BaseException as e:  # set up in part (a full disk, Ctrl-C): the parent run must not stay RUNNING
+        end_run(client, parent.info.run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED", first_line(e))
+        raise
     return parent.info.run_id
 
 
