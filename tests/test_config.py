@@ -73,7 +73,6 @@ def test_nesterov_needs_momentum() -> None:
     [
         (["data.elastic_alpha=-1"], "data.elastic_alpha=-1.0 is not accepted: expected pixels from 0 (off) to 100"),
         (["data.elastic_alpha=inf"], "data.elastic_alpha=inf is not accepted: expected pixels from 0 (off) to 100"),
-        (["data.elastic_alpha=1e9"], "data.elastic_alpha=1000000000.0 is not accepted: expected pixels from 0 (off)"),
         (
             ["data.elastic_alpha=34", "data.elastic_sigma=0"],
             "data.elastic_sigma=0.0 is not accepted: expected pixels, a number > 0 and at most 28 "

@@ -120,6 +120,15 @@ def worker(tmp_path: Path, empty_store: Path, *overrides: str, arguments: tuple[
 
 
 @pytest.fixture
+def worker_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
+    """The worker's log lines. Its logger is enabled: a logging configuration that another test
+    made in this process (disable_existing_loggers) may have turned it off."""
+    monkeypatch.setattr(logging.getLogger("mlp.sweep.worker"), "disabled", False)
+    caplog.set_level(logging.INFO, logger="mlp.sweep.worker")
+    return caplog
+
+
+@pytest.fixture
 def shipped_winner() -> Iterator[bytes]:
     """The shipped winner file's bytes, put back should a case write over them (and fail)."""
     before = SHIPPED.read_bytes()
@@ -139,7 +148,7 @@ def shipped_winner() -> Iterator[bytes]:
 )
 def test_a_study_on_other_data_leaves_the_shipped_winner_file_as_it_is(
     data: list[str], scored_on: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path,
-    capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, shipped_winner: bytes,
+    capsys: pytest.CaptureFixture, worker_log: pytest.LogCaptureFixture, shipped_winner: bytes,
 ) -> None:  # fmt: skip
     """The issue's loss: 2 of 2 validation images right (1.0) replaced the MNIST winner (0.9945 on
     10,000): by a sweep pointed at conf/model/best.yaml, and by export without --replace."""
@@ -147,10 +156,9 @@ def test_a_study_on_other_data_leaves_the_shipped_winner_file_as_it_is(
     monkeypatch.setattr(report, "report", lambda *args: None)  # the leaderboard and figures are not the point
     before = digest(SHIPPED)
     sweep = worker(tmp_path, empty_store, *data, "hydra.sweeper.n_trials=2", f"hydra.sweeper.best_config={SHIPPED}")
-    with caplog.at_level(logging.WARNING, logger="mlp.sweep.worker"):
-        sweep.run()
+    sweep.run()
     assert sweep.study.best_value == 1.0 and digest(SHIPPED) == before
-    (kept,) = [r.getMessage() for r in caplog.records if "is kept" in r.getMessage()]
+    (kept,) = [m for m in worker_log.messages if "is kept" in m]
     assert kept == (
         f"{SHIPPED} is kept: it holds trial 1 of study mnist-frontier, which scored 0.9945 on MNIST's canonical split "
         f"(val_size 10000, split_seed 0); trial 0 of study mnist-mlp was scored on {scored_on}: only scores on the "
@@ -253,7 +261,7 @@ def test_a_sweep_in_a_dict_of_params_is_one_line_naming_the_way(train_py, tmp_pa
 
 
 def test_a_small_search_space_stops_when_every_configuration_has_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path, worker_log: pytest.LogCaptureFixture
 ) -> None:
     """Two configurations and 40 trials asked: the two run, then the worker asks no more (it used
     to fill the study with FAIL trials, 19 skipped repeats per ask once both had run)."""
@@ -261,13 +269,12 @@ def test_a_small_search_space_stops_when_every_configuration_has_run(
     monkeypatch.setattr(report, "report", lambda *args: None)
     sweep = worker(tmp_path, empty_store, "hydra.sweeper.n_trials=40", "hydra.sweeper.params=null",
                    "hydra.sweeper.best_config=null", arguments=("model.num_layers=choice(2,3)",))  # fmt: skip
-    with caplog.at_level(logging.INFO, logger="mlp.sweep.worker"):
-        sweep.run()
+    sweep.run()
     trials = sweep.study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert sorted(t.params["model.num_layers"] for t in complete) == [2, 3] and sweep.launcher.launched == 2
     assert all(t.number < complete[-1].number for t in trials if t.state.name == "FAIL")  # none after both ran
-    assert "every configuration of the search space has run: no new trial" in caplog.messages
+    assert "every configuration of the search space has run: no new trial" in worker_log.messages
 
 
 # -- one run's settings: one line, nothing written ---------------------------------------------

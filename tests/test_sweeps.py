@@ -241,7 +241,8 @@ def test_a_new_study_starts_from_the_base_config_and_the_winner_file(tmp_path: P
     sweep = Sweep(tmp_path, study="seeded")
     sweep.best.parent.mkdir(parents=True)
     recorded = (
-        "# @package _global_\n# winner: study=seeded trial=7 value=0.9999 run=abc\n"
+        "# @package _global_\n"
+        "# winner: study=seeded trial=7 value=0.9999 run=abc data=synthetic val_size=100 split_seed=0\n"
         "model:\n  num_layers: 2\n  layer_size: 256\n  activation: relu\n  dropout: 0.1\n"
         "optimizer:\n  lr: 0.005\n  weight_decay: 0.001\ntrainer:\n  epochs: 10\n"
     )  # no data section: the base config's values fill in
