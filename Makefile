@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run train test test-fast ui serve serve-mlflow services services-stop bench bench-parts bench-step bench-pruning bench-scale bench-async bench-quality bench-recognizer lint clean
+.PHONY: run train test test-fast ui serve serve-mlflow services services-stop cluster cluster-stop bench bench-parts bench-step bench-pruning bench-scale bench-async bench-quality bench-recognizer lint clean
 
 run: train
 
@@ -52,6 +52,14 @@ services: $(STAMP)
 # Stops both, keeping their data (ARGS=--purge deletes it).
 services-stop: $(STAMP)
 	$(BIN)/python scripts/services.py stop $(ARGS)
+
+# A one-node SLURM cluster on this machine (slurm-wlm, munge; installed as root when missing), in .cluster/;
+# prints the SLURM_CONF to export (docs/many_machines.md, "On a SLURM cluster").
+cluster: $(STAMP)
+	$(BIN)/python scripts/cluster.py start $(ARGS)
+
+cluster-stop: $(STAMP)
+	$(BIN)/python scripts/cluster.py stop $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/epoch_speed.py $(ARGS)

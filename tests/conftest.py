@@ -112,6 +112,15 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 
 @pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """A real one-node SLURM cluster (scripts/cluster.py, tests/slurm.py), for the session: SLURM_CONF, folder."""
+    from tests.slurm import running_cluster  # only for the tests that start the cluster
+
+    with running_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
 def web_app(champion: dict) -> Iterator[str]:
     """The web app (`python -m mlp.serve`, as `make serve` starts it) serving the champion; its URL."""
     from tests.web import running_app
