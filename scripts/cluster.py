@@ -149,19 +149,30 @@ def start(folder: Path = DEFAULT_DIR, cpus: int | None = None, timeout: float = 
     raise ClusterError(f"the node did not come up within {timeout:.0f} s (see {folder}/slurmctld.log and slurmd.log)")
 
 
-def stop(folder: Path = DEFAULT_DIR, patience: float = 10) -> None:
-    """Cancel the cluster's jobs (SIGKILL: submitit's jobs ignore SIGTERM) and stop its daemons."""
+def stop(folder: Path = DEFAULT_DIR, patience: float = 15) -> None:
+    """Cancel the cluster's jobs and wait for them to end (KillWait), then stop its daemons (SIGTERM:
+    slurmctld saves its state; SIGKILL for one still there after ``patience`` seconds). A job still
+    running when slurmctld goes would be left waiting to report its end, for ever."""
     folder = Path(folder).resolve()
     env = {**os.environ, **env_of(folder)}
     if running(folder, "slurmctld"):
-        subprocess.run(["scancel", "--full", "--signal=KILL", f"--user={os.getuid()}"], env=env, capture_output=True)
-    for daemon in DAEMONS:  # SIGTERM: slurmctld saves its state, slurmd leaves, munged removes its socket
+        subprocess.run(["scancel", f"--user={os.getuid()}"], env=env, capture_output=True)
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            queue = subprocess.run(["squeue", "--noheader", f"--user={os.getuid()}"], env=env, capture_output=True)
+            if queue.returncode != 0 or not queue.stdout.strip():
+                break
+            time.sleep(0.2)
+    for daemon in DAEMONS:
         with contextlib.suppress(OSError, ValueError):
             pid = int((folder / f"{daemon}.pid").read_text())
-            os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + patience
-            while running(folder, daemon) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                os.kill(pid, sig)
+                deadline = time.monotonic() + patience
+                while running(folder, daemon) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                if not running(folder, daemon):
+                    break
     shutil.rmtree(munge_socket(folder).parent, ignore_errors=True)
 
 

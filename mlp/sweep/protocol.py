@@ -53,6 +53,7 @@ ATTR_PRUNER = "pruner"  # the pruner's spec: the job builds the same pruner from
 ATTR_PRUNED_AT = "pruned_at_epoch"  # set by the job when its pruner stopped it; the worker tells PRUNED
 ATTR_FAILURE = "failure_reason"  # why it failed (also the MLflow tag FAILURE below)
 ATTR_REFERENCE = "reference"  # an enqueued reference point (the base config, an earlier winner)
+ATTR_SLURM_JOB = "slurm_job_id"  # its SLURM job (hydra/launcher=slurm): cancelled when its worker is found dead
 DUPLICATE = "duplicate of"  # how ATTR_FAILURE starts on a skipped repeat of an earlier configuration
 
 # -- Optuna study attributes, recorded by the worker that created the study ----------------------

@@ -20,7 +20,7 @@ from mlp.errors import ConfigError, UserError, first_line
 from mlp.run import tracking
 from mlp.run.winner_files import winner_record
 from mlp.sqlite_files import sqlite_file
-from mlp.sweep import protocol
+from mlp.sweep import protocol, slurm
 from mlp.sweep.settings import Plan, fixed_config, shipped_defaults
 from mlp.sweep.storage import STORAGE_CHOICES, check_storage, open_storage
 
@@ -58,7 +58,8 @@ def end_run(client: MlflowClient, run_id: str | None, status: str, reason: str |
 
 
 class EndRunAndRetry(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """For a trial whose worker died: end its MLflow run KILLED, then enqueue it again once."""
+    """For a trial whose worker died: end its MLflow run KILLED, cancel its SLURM job (nobody would
+    read its result), then enqueue it again once."""
 
     def __init__(self, client: MlflowClient, experiment_id: str, study_name: str, max_retry: int):
         super().__init__(max_retry=max_retry)
@@ -69,6 +70,7 @@ class EndRunAndRetry(optuna.storages.RetryHeartbeatStaleTrialCallback):
         log.warning("trial %d: %s; marked FAIL", trial.number, reason)
         for run_id in self.runs_of(trial):
             end_run(self.client, run_id, "KILLED", reason)
+        slurm.cancel(trial.user_attrs.get(protocol.ATTR_SLURM_JOB))
         super().__call__(study, trial)
 
     def runs_of(self, trial: optuna.trial.FrozenTrial) -> set[str]:
