@@ -159,6 +159,7 @@ def check_faulted(sweep: Sweep, failed: dict[int, str], retries: int = 1) -> lis
 def ended_within(trial: optuna.trial.FrozenTrial, since: datetime.datetime, bound: float) -> float:
     took = (trial.datetime_complete - since).total_seconds()
     assert 0 <= took <= bound, f"trial {trial.number} ended {took:.1f} s after its fault (bound {bound} s)"
+    print(f"trial {trial.number} ended {took:.1f} s after its fault (bound {bound} s)")  # the docs' figures: pytest -s
     return took
 
 
@@ -244,8 +245,8 @@ def test_a_job_sbatch_refuses_stops_the_sweep_in_one_line(tmp_path: Path, slurm_
     args = sweep.args(1, "hydra/launcher=slurm", "hydra.launcher.mem_gb=1")
     done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env_of(slurm_cluster),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    line = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()  # stderr holds that line only
     assert line.startswith("error: sbatch refused the trial's job: Invalid generic resource (gres) specification")
     assert "hydra.launcher.gpus_per_node=1" in line and "hydra/launcher=slurm_cpu" in line
     (trial,) = sweep.study_trials()

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
+from submitit.core.utils import FailedJobError, UncompletedJobError
 
 from mlp.errors import UserError
 from mlp.sweep import slurm
@@ -25,12 +26,15 @@ class Job:
     def __init__(self, folder: Path):
         self.job_id, self.cancelled = "7", False
         self.paths = SimpleNamespace(result_pickle=folder / "7_0_result.pkl")
+        self.result: JobReturn | Exception = JobReturn(status=JobStatus.COMPLETED, _return_value=0.9)
 
     def cancel(self, check: bool = True) -> None:
         self.cancelled = True
 
     def results(self) -> list[JobReturn]:
-        return [JobReturn(status=JobStatus.COMPLETED, _return_value=0.9)]
+        if isinstance(self.result, Exception):
+            raise self.result
+        return [self.result]
 
 
 @pytest.fixture
@@ -73,6 +77,25 @@ def test_a_job_ended_without_a_result_fails_with_slurms_reason(squeue, answers: 
     assert ret.status == JobStatus.FAILED
     with pytest.raises(slurm.JobLost, match=f"^{re.escape(reason)}$"):
         ret.return_value  # noqa: B018 - what the worker reads: it raises the job's failure
+
+
+TIMED_OUT = UncompletedJobError("Job not requeued because: timed-out too many times.")  # submitit's, on SLURM's signal
+TRACE = "Traceback (most recent call last):\n  File ...\nModuleNotFoundError: No module named 'mlp'"
+
+
+@pytest.mark.parametrize(
+    ("result", "reason"),
+    [  # the signal inside the task (Hydra returns it failed) or outside it (submitit raises it with its trace)
+        (JobReturn(status=JobStatus.FAILED, _return_value=TIMED_OUT), "its time limit was reached"),
+        (FailedJobError(f"Job (task=0) failed during processing with trace:\n{'-' * 22}\n{TRACE}\n{'-' * 22}\n"
+                        "You can check full logs with 'job.stderr(0)'"), "ModuleNotFoundError: No module named 'mlp'"),
+    ],
+)  # fmt: skip
+def test_a_job_that_ended_itself_outside_its_task_fails_in_one_line(squeue, result: object, reason: str) -> None:
+    job = squeue(("RUNNING", "None"), result_after=0)
+    job.result = result
+    with pytest.raises(slurm.JobLost, match=re.escape(f"SLURM job 7: {reason}")):
+        outcome(job).return_value  # noqa: B018 - what the worker reads
 
 
 def test_a_result_file_ends_the_wait_whatever_slurm_says(squeue) -> None:

@@ -117,6 +117,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 def optuna_figures(study: optuna.Study) -> dict[str, Any]:
     """Optuna's own plots (matplotlib), by file name; a plot the study cannot give yet is skipped."""
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)):
+        return {}  # nothing to draw (every trial failed: e.g. sbatch refused them); Optuna would warn on each plot
     import optuna.visualization.matplotlib as ov  # loads matplotlib's pyplot: only when plots are drawn
 
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # "categorical units" notes

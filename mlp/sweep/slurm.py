@@ -119,14 +119,19 @@ def outcome(
     """The job's JobReturn once its result file appears, or a failed one once SLURM ended it without
     (its configuration then queued again, at most ``max_retry`` times). Cancelled if the wait is cut
     short (Ctrl-C, SIGTERM) or the job can never start."""
+    from submitit.core.utils import UncompletedJobError  # only where trials are SLURM jobs
+
     QUEUE.jobs[job.job_id] = job
     try:
         if (reason := wait(job, asked, result_wait_s)) is not None:
             return lost(overrides, reason, max_retry)
         try:
-            return job.results()[0]
-        except Exception as e:  # noqa: BLE001 - the job's own end outside the task (its time limit's signal)
-            return lost(overrides, f"SLURM job {job.job_id}: {job_error(e, asked)}", max_retry)
+            ret = job.results()[0]
+        except Exception as e:  # noqa: BLE001 - the job failed outside the task: its traceback is in the message
+            return lost(overrides, f"SLURM job {job.job_id}: {job_error(str(e), asked)}", max_retry)
+        if isinstance(ret._return_value, UncompletedJobError):  # submitit's end when SLURM signals the time limit
+            return lost(overrides, f"SLURM job {job.job_id}: {job_error(str(ret._return_value), asked)}", max_retry)
+        return ret
     except BaseException:
         job.cancel(check=False)  # nobody would read its result
         raise
@@ -155,11 +160,12 @@ def wait(job: Any, asked: dict[str, Any], result_wait_s: float) -> str | None:
     return None
 
 
-def job_error(e: Exception, asked: dict[str, Any]) -> str:
-    """The last line of the job's traceback (submitit's FailedJobError holds it between dashed lines)."""
-    parts = str(e).split("-" * 22)
-    lines = (parts[1] if len(parts) > 2 else str(e)).strip().splitlines() or [type(e).__name__]
-    if "timed-out" in lines[-1]:  # submitit's words when SLURM signals the end of the job's time
+def job_error(text: str, asked: dict[str, Any]) -> str:
+    """The last line of a job's traceback (submitit's FailedJobError holds it between dashed lines);
+    submitit's words when SLURM signalled the job ``signal_delay_s`` before its time limit, plainly."""
+    parts = text.split("-" * 22)
+    lines = (parts[1] if len(parts) > 2 else text).strip().splitlines() or ["no message"]
+    if "timed-out" in lines[-1]:  # "Job not requeued because: timed-out too many times."
         return f"its time limit was reached (hydra.launcher.timeout_min={asked.get('timeout_min')})"
     return lines[-1]
 
