@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / ".cluster"
 NODE = "mlp1"
 DAEMONS = ("slurmd", "slurmctld", "munged")  # stopped in this order
@@ -109,9 +111,9 @@ def env_of(folder: Path) -> dict[str, str]:
 
 def running(folder: Path, daemon: str) -> bool:
     try:
-        os.kill(int((folder / f"{daemon}.pid").read_text()), 0)
-        return True
-    except (OSError, ValueError):
+        process = psutil.Process(int((folder / f"{daemon}.pid").read_text()))
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except (OSError, ValueError, psutil.Error):
         return False
 
 

@@ -117,9 +117,10 @@ def test_a_job_that_can_never_start_is_cancelled_in_one_line(squeue) -> None:
     assert job.cancelled and not slurm.QUEUE.jobs
 
 
-def test_a_waiting_job_says_why_once(squeue, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_waiting_job_says_why_once(squeue, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     down = ("PENDING", "ReqNodeNotAvail, UnavailableNodes:mlp1")
     job = squeue(("PENDING", "None"), down, down, down, ("PENDING", "Resources"), ("RUNNING", "None"), result_after=8)
+    monkeypatch.setattr(slurm.log, "disabled", False)  # Hydra's logging config, run by an earlier test, disables it
     with caplog.at_level(logging.INFO, logger=slurm.__name__):
         assert outcome(job).return_value == 0.9
     assert [r.getMessage() for r in caplog.records] == ["SLURM job 7 waits: ReqNodeNotAvail, UnavailableNodes:mlp1"]
