@@ -12,7 +12,7 @@ in /tmp (munged wants every folder above it open to all). No accounting (no slur
 and the sweeps do not need it. KillWait is 2 s: a cancelled job (submitit's ignore SIGTERM) ends 2 s later.
 
 Importable (also loaded by path): ``start(folder, cpus=None) -> dict`` (the environment to export: SLURM_CONF) and
-``stop(folder)``.
+``stop(folder)``; ``ClusterError`` (``NotInstalled`` where SLURM cannot be installed).
 """
 
 from __future__ import annotations
@@ -73,6 +73,10 @@ class ClusterError(Exception):
     """What a user can fix, in one line."""
 
 
+class NotInstalled(ClusterError):
+    """slurm-wlm and munge are missing and cannot be installed here (not root, no apt-get, no index)."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -84,12 +88,12 @@ def install() -> None:
     if shutil.which("slurmctld") and shutil.which("munged"):
         return
     if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise ClusterError("SLURM is not installed: run `apt-get install -y slurm-wlm munge` as root (Debian/Ubuntu)")
+        raise NotInstalled("SLURM is not installed: run `apt-get install -y slurm-wlm munge` as root (Debian/Ubuntu)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"]):
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise ClusterError(f"`{' '.join(command)}` failed: {(done.stderr or done.stdout).strip()[-300:]}")
+            raise NotInstalled(f"`{' '.join(command)}` failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
 
 def node_line(cpus: int | None) -> str:
@@ -191,8 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             stop(args.dir)
     except (ClusterError, subprocess.CalledProcessError) as e:
-        print(f"cluster.py {args.command}: {e}", file=sys.stderr)
-        return 1
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
