@@ -119,8 +119,6 @@ def outcome(
     """The job's JobReturn once its result file appears, or a failed one once SLURM ended it without
     (its configuration then queued again, at most ``max_retry`` times). Cancelled if the wait is cut
     short (Ctrl-C, SIGTERM) or the job can never start."""
-    from submitit.core.utils import UncompletedJobError  # only where trials are SLURM jobs
-
     QUEUE.jobs[job.job_id] = job
     try:
         if (reason := wait(job, asked, result_wait_s)) is not None:
@@ -129,8 +127,8 @@ def outcome(
             ret = job.results()[0]
         except Exception as e:  # noqa: BLE001 - the job failed outside the task: its traceback is in the message
             return lost(overrides, f"SLURM job {job.job_id}: {job_error(str(e), asked)}", max_retry)
-        if isinstance(ret._return_value, UncompletedJobError):  # submitit's end when SLURM signals the time limit
-            return lost(overrides, f"SLURM job {job.job_id}: {job_error(str(ret._return_value), asked)}", max_retry)
+        if (signal := signalled(ret)) is not None:
+            return lost(overrides, f"SLURM job {job.job_id}: {job_error(str(signal), asked)}", max_retry)
         return ret
     except BaseException:
         job.cancel(check=False)  # nobody would read its result
@@ -157,6 +155,23 @@ def wait(job: Any, asked: dict[str, Any], result_wait_s: float) -> str | None:
                 why = "is no longer known to SLURM" if state == GONE[0] else f"ended {state}"
                 return f"SLURM job {job.job_id} {why}{f' ({reason})' if reason != 'None' else ''} without a result"
         time.sleep(min(1.0, QUEUE.period))
+    return None
+
+
+def signalled(ret: JobReturn) -> Exception | None:
+    """submitit's error when SLURM's warning signal (``signal_delay_s`` before the time limit) ended
+    the task, which Hydra returns as the task's failure; else None."""
+    from submitit.core.utils import UncompletedJobError  # only where trials are SLURM jobs
+
+    if ret.status != JobStatus.FAILED:
+        return None
+    with contextlib.redirect_stderr(io.StringIO()):  # Hydra's "Error executing job" line: the worker prints it
+        try:
+            ret.return_value  # noqa: B018 - a failed job's return value raises its error
+        except UncompletedJobError as e:
+            return e
+        except Exception:  # noqa: BLE001 - the task's own failure: the worker tells it
+            return None
     return None
 
 
