@@ -108,9 +108,10 @@ def test_the_worker_sets_its_state_only_in_init() -> None:
             for target in targets:
                 if isinstance(target, ast.Attribute) and getattr(target.value, "id", "") == "self":
                     set_in.setdefault(target.attr, set()).add(method.name)
-    assert set_in and all(methods <= {"__init__", "slot", "end_trial", "landed"} for methods in set_in.values())
-    # Outside __init__ only the counters it declared there change (under its lock): job_idx, told, failures.
-    assert {a for a, m in set_in.items() if m - {"__init__"}} <= {"job_idx", "told", "failures"}
+    assert set_in and all(methods <= {"__init__", "launch", "tell", "land"} for methods in set_in.values())
+    # Outside __init__ only the counters it declared there change, all in the worker's own thread
+    # (its asks and tells): job_idx, ended, failed, and the launcher's error that stops it asking.
+    assert {a for a, m in set_in.items() if m - {"__init__"}} <= {"job_idx", "ended", "failed", "launcher_error"}
     assert all("__init__" in methods for methods in set_in.values())
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from mlp.sweep.worker import alive, job_processes
+from mlp import processes
 from tests.helpers import ROOT, Sweep, run_train, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -58,13 +58,13 @@ def test_sigterm_ends_the_trials_in_flight_and_stops_their_jobs(tmp_path: Path) 
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.2)
     time.sleep(3.0)  # both jobs into their epochs
-    jobs = job_processes(proc.pid)
+    jobs = processes.job_processes(proc.pid)
     assert jobs
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == "error: stopped by SIGTERM; the MLflow run(s) it had open ended KILLED"
-    assert not [pid for pid in jobs if alive(pid)]  # no job left training
+    assert not [p for p in jobs if processes.running(p)]  # no job left training
     trials = sweep.study_trials()
     assert [(t.state.name, t.user_attrs["failure_reason"]) for t in trials] == [("FAIL", "interrupted")] * 2
     assert sorted(r.info.status for r in sweep.runs("child")) == ["KILLED"] * 2
