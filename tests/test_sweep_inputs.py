@@ -19,14 +19,13 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-import sweep as sweep_py
 from mlp.errors import UserError
 from mlp.run import winner_files
 from mlp.sweep import export, report, settings
 from mlp.sweep.finish import finish
 from mlp.sweep.settings import Plan
 from mlp.sweep.study import join
-from tests.helpers import CONF, TINY, Sweep, compose_cfg, run_train, seed_store
+from tests.helpers import CONF, TINY, Sweep, compose_cfg, run_sweep_py, run_train, seed_store
 
 
 def sweeper_cfg(*overrides: str):
@@ -50,18 +49,6 @@ def foreign_db(path: Path) -> Path:
         db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
         db.execute("INSERT INTO invoices (total) VALUES (12.5)")
     return path
-
-
-def run_sweep_py(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """``python sweep.py ARGS`` in process: (exit status, stdout, stderr)."""
-    capsys.readouterr()  # what came before (MLflow's notes as a store is made) is not the command's
-    try:
-        sweep_py.main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # -- every sweeper setting is checked before anything runs -------------------------------
