@@ -287,25 +287,25 @@ def test_a_launcher_that_breaks_fails_its_trial_and_stops_the_worker(sweep: Swee
     assert [c.info.status for c in children.values()] == ["FAILED"] and parent.info.status == "FAILED"
 
 
-def a_dead_workers_trial(sweep: Sweep, *extra: str) -> optuna.trial.FrozenTrial:
-    """A trial asked by a worker that then died (SIGKILL, its machine lost): RUNNING, its run
-    opened, its last heartbeat an hour ago."""
+QUICK = ("hydra.sweeper.heartbeat_interval=0.1", "hydra.sweeper.grace_period=0.2", NO_WINNER_FILE)
+
+
+def another_worker(sweep: Sweep, *extra: str) -> Worker:
+    """Another worker of the study (it creates it: its first trial is the base config's)."""
     config, arguments = sweep_config(sweep, 1, *extra)
     plan = Plan.of(config, arguments)
-    flight, _ = Worker(plan, join(plan, config), ScriptedLauncher(lambda job: 0.5)).ask()
-    with sqlite3.connect(sweep.root / "optuna.db") as db:
-        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour')")
-    return sweep.study_trials()[flight.trial.number]
+    return Worker(plan, join(plan, config), ScriptedLauncher(lambda job: 0.5))
 
 
 def test_a_dead_workers_trial_is_failed_and_retried_once_by_another(sweep: Sweep) -> None:
-    run_in_process(sweep, lambda job: 0.5, 1, NO_WINNER_FILE)
-    dead = a_dead_workers_trial(sweep, NO_WINNER_FILE)
+    dead_worker = another_worker(sweep, NO_WINNER_FILE)
+    flight, _ = dead_worker.ask()  # then it died (SIGKILL, its machine lost): its trial RUNNING, its run opened
+    with sqlite3.connect(sweep.root / "optuna.db") as db:
+        db.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-1 hour')")  # its last heartbeat
     launcher = run_in_process(sweep, lambda job: 0.6, 1, NO_WINNER_FILE)
 
-    trials = sweep.study_trials()
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
-    retry = trials[2]
+    dead, retry = sweep.study_trials()
+    assert (dead.number, dead.state.name, retry.state.name) == (flight.trial.number, "FAIL", "COMPLETE")
     assert retry.system_attrs["failed_trial"] == dead.number and retry.params == dead.params  # its configuration
     assert [job.trial for job in launcher.jobs] == [retry.number]  # the new worker's one trial: the retry
     parent, children = runs_of(sweep)
@@ -315,34 +315,28 @@ def test_a_dead_workers_trial_is_failed_and_retried_once_by_another(sweep: Sweep
     assert parent.info.status == "FINISHED"
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_trial_lost_inside_ask_is_failed_and_retried(sweep: Sweep) -> None:
     """A worker killed inside ``study.ask`` leaves a RUNNING trial with no heartbeat and no claim."""
-    quick = ("hydra.sweeper.heartbeat_interval=0.1", "hydra.sweeper.grace_period=0.2", NO_WINNER_FILE)
-    run_in_process(sweep, lambda job: 0.5, 1, *quick)
-    lost = optuna.load_study(study_name=sweep.study, storage=sweep.storage).ask()
+    lost = another_worker(sweep, *QUICK).study.ask()
     time.sleep(0.3)  # its grace period
-    run_in_process(sweep, lambda job: 0.6, 1, *quick)
-    trials = sweep.study_trials()
-    assert trials[lost.number].state.name == "FAIL"
-    assert [t.system_attrs.get("failed_trial") for t in trials[lost.number + 1 :]] == [lost.number]
-    assert trials[-1].state.name == "COMPLETE"
+    run_in_process(sweep, lambda job: 0.6, 1, *QUICK)
+    lost_again, retry = sweep.study_trials()
+    assert (lost_again.number, lost_again.state.name) == (lost.number, "FAIL")
+    assert retry.system_attrs["failed_trial"] == lost.number and retry.state.name == "COMPLETE"
 
 
 def test_a_worker_ends_while_another_runs_a_trial_and_leaves_the_parent_to_it(
     sweep: Sweep, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Another worker's trial, alive (a recent heartbeat): this worker waits one grace period for
-    it, then leaves; the study's parent stays RUNNING for the other worker to end."""
-    quick = ("hydra.sweeper.heartbeat_interval=0.1", "hydra.sweeper.grace_period=0.2", NO_WINNER_FILE)
-    run_in_process(sweep, lambda job: 0.5, 1, *quick)
-    config, arguments = sweep_config(sweep, 1, *quick)
-    plan = Plan.of(config, arguments)
-    other = Worker(plan, join(plan, config), ScriptedLauncher(lambda job: 0.5))
-    other.ask()  # the other worker's trial, under way: its heartbeat goes on while this worker runs
+    """Another worker's trial, alive (its heartbeat goes on): this worker waits one grace period
+    for it, then leaves; the study's parent stays RUNNING for the other worker to end."""
+    other = another_worker(sweep, *QUICK)
+    other.ask()
     with Heartbeat(other.joined.rdb, other.trial_ids_in_flight, 0.1), caplog.at_level(logging.INFO):
-        run_in_process(sweep, lambda job: 0.6, 1, *quick)
+        run_in_process(sweep, lambda job: 0.6, 1, *QUICK)
     assert "waiting up to 0 s for 1 trial(s) of other workers" in caplog.text
-    assert [t.state.name for t in sweep.study_trials()] == ["COMPLETE", "RUNNING", "COMPLETE"]
+    assert [t.state.name for t in sweep.study_trials()] == ["RUNNING", "COMPLETE"]
     assert runs_of(sweep)[0].info.status == "RUNNING"
 
 
