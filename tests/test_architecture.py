@@ -7,8 +7,10 @@ pyproject.toml (checked here and by `make lint`); function length and complexity
 from __future__ import annotations
 
 import ast
+import logging.config
 from pathlib import Path
 
+import pytest
 from importlinter.cli import lint_imports
 
 from mlp.sweep import protocol
@@ -26,7 +28,11 @@ def source_files() -> list[Path]:
     return package_files() + [ROOT / p for p in ENTRY_POINTS] + sorted((ROOT / "benchmarks").glob("*.py"))
 
 
-def test_the_import_contracts_hold() -> None:
+def test_the_import_contracts_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    # import-linter sets its loggers up with dictConfig, which disables every logger made before in this
+    # process (a later test reading the worker's log lines would read nothing): keep those.
+    configure = logging.config.dictConfig
+    monkeypatch.setattr(logging.config, "dictConfig", lambda c: configure({**c, "disable_existing_loggers": False}))
     assert lint_imports(str(ROOT / "pyproject.toml"), no_cache=True, no_logo=True) == 0
 
 
