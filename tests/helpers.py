@@ -1,6 +1,7 @@
 """Helpers the tests import (not a test file, not fixtures: those are in conftest.py). Use:
 
-from tests.helpers import ROOT, CONF, TINY, compose_cfg, run_train, subprocess_env, Sweep, seed_store
+from tests.helpers import ROOT, CONF, TINY, compose_cfg, run_train, subprocess_env, Sweep, seed_store, run_sweep_py
+from tests.helpers import winner_of
 
 ROOT, CONF                      # the repository, its conf/ folder (a str, as Hydra takes it)
 TINY                            # overrides of a tiny, quick run: synthetic data, 2 epochs, CPU
@@ -9,6 +10,8 @@ subprocess_env(**extra)         # the environment of a command a user types
 run_train(*args, cwd=, env=)    # ``python train.py ARGS`` in a subprocess
 Sweep(tmp_path, study)          # one temporary sweep set-up: storage, tracking store, sweep dir, winner file
 seed_store(mlruns, empty_store)  # a copy of an empty MLflow store (conftest's empty_store) in mlruns/
+run_sweep_py(capsys, *args)     # ``python sweep.py ARGS`` in process: (exit status, stdout, stderr)
+winner_of(path)                 # (study, trial) that a winner file holds, or None
 """
 
 from __future__ import annotations
@@ -20,11 +23,14 @@ import sys
 from pathlib import Path
 
 import optuna
+import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
 import mlp.run.config  # noqa: F401 - registers the schema
+import sweep as sweep_py
+from mlp.run.winner_files import winner_record
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
@@ -102,3 +108,21 @@ def seed_store(mlruns: Path, empty_store: Path) -> Path:
     mlruns.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(empty_store, mlruns / "mlflow.db")
     return mlruns
+
+
+def run_sweep_py(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    """``python sweep.py ARGS`` in process: (exit status, stdout, stderr)."""
+    capsys.readouterr()  # what came before (MLflow's notes as a store is made) is not the command's
+    try:
+        sweep_py.main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def winner_of(path: Path) -> tuple[str, int] | None:
+    """(study, trial) that a winner file's ``# winner:`` line says it holds, or None."""
+    record = winner_record(path)
+    return None if record is None else (record.study, record.trial)

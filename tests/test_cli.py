@@ -1,5 +1,6 @@
 """The real command line, in a subprocess, as a user runs it."""
 
+import logging
 import re
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mlp.cli import run_cli
 from mlp.run import data
 from tests.helpers import ROOT, run_train, subprocess_env
 
@@ -79,3 +81,21 @@ def test_sigterm_ends_a_single_run_killed_with_one_line(tmp_path: Path) -> None:
     assert stderr.strip().splitlines()[-1] == ("error: stopped by SIGTERM; the MLflow run(s) it had open ended KILLED")
     (run,) = MlflowClient(f"sqlite:///{mlruns}/mlflow.db").search_runs(["1"])
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("interrupted")
+
+
+def test_ctrl_c_ends_a_command_with_one_line_and_status_130(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process: what any entry point does when Ctrl-C reaches it (a sweep's worker ends its
+    trials and runs KILLED first: tests/test_worker.py)."""
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "")  # unset, and so again afterwards (run_cli sets it)
+    monkeypatch.setattr(logging, "raiseExceptions", logging.raiseExceptions)  # run_cli sets it too
+    monkeypatch.setattr(signal, "signal", lambda *args: None)  # run_cli's SIGTERM handler: not for pytest's process
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as info:
+        run_cli(interrupted)
+    assert info.value.code == 128 + signal.SIGINT
+    assert capsys.readouterr().err == "error: stopped by SIGINT (Ctrl-C); the MLflow run(s) it had open ended KILLED\n"

@@ -91,7 +91,7 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep(monkeypatch: py
     )
     # A direction list of one (the official sweeper's form); minimize is refused (tests/test_refusals.py).
     assert (sweep.directions, sweep.study_name) == ([optuna.study.StudyDirection.MAXIMIZE], "other")
-    assert (sweep.n_trials, sweep.n_jobs, sweep.settings.max_failure_rate, sweep.settings.storage) == (3, 4, 0.25, None)
+    assert (sweep.n_trials, sweep.n_jobs, sweep.max_failure_rate, sweep.storage) == (3, 4, 0.25, None)
     assert sweep.space.distributions["optimizer.lr"].choices == (1e-3, 3e-3)  # the command line joins params
     assert set(sweep.space.distributions) == {
         "model.num_layers", "model.layer_size", "model.activation", "model.dropout", "optimizer.lr",
@@ -99,7 +99,7 @@ def test_every_setting_of_the_official_sweeper_reaches_the_sweep(monkeypatch: py
     }  # fmt: skip
     trial = optuna.create_study(sampler=sweep.sampler).ask()
     sweep.space.suggest(trial)
-    sweep.extend(cfg, trial)
+    sweep.extend(trial)  # given the config, as the official sweeper's hook is
     assert trial.params["trainer.batch_size"] in (128, 256)  # the extender's key joins the trial's overrides
     assert any(o.startswith("trainer.batch_size=") for o in sweep.space.overrides(trial.params))
 

@@ -116,15 +116,17 @@ def worker(tmp_path: Path, empty_store: Path, *overrides: str, arguments: tuple[
     cfg = sweeper_cfg(*command_line)
     plan = Plan.of(cfg, list(arguments))
     task = [o for o in ["data=synthetic", *command_line] if not o.startswith("hydra")]  # sweeper_cfg's TINY: synthetic
-    return Worker(plan, join(plan, cfg), cfg, Jobs(1.0, task))
+    return Worker(plan, join(plan, cfg), Jobs(1.0, task))
 
 
 @pytest.fixture
 def worker_log(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> pytest.LogCaptureFixture:
-    """The worker's log lines. Its logger is enabled: a logging configuration that another test
-    made in this process (disable_existing_loggers) may have turned it off."""
-    monkeypatch.setattr(logging.getLogger("mlp.sweep.worker"), "disabled", False)
-    caplog.set_level(logging.INFO, logger="mlp.sweep.worker")
+    """The worker's log lines (mlp.sweep's: the worker's and the study's end's, mlp.sweep.finish).
+    Their loggers are enabled: a logging configuration that another test made in this process
+    (disable_existing_loggers) may have turned them off."""
+    for name in ("mlp.sweep.worker", "mlp.sweep.finish"):
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
+    caplog.set_level(logging.INFO, logger="mlp.sweep")
     return caplog
 
 

@@ -19,14 +19,13 @@ from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-import sweep as sweep_py
 from mlp.errors import UserError
 from mlp.run import winner_files
 from mlp.sweep import export, report, settings
+from mlp.sweep.finish import finish
 from mlp.sweep.settings import Plan
 from mlp.sweep.study import join
-from mlp.sweep.worker import Worker
-from tests.helpers import CONF, TINY, Sweep, compose_cfg, run_train, seed_store
+from tests.helpers import CONF, TINY, Sweep, compose_cfg, run_sweep_py, run_train, seed_store
 
 
 def sweeper_cfg(*overrides: str):
@@ -50,18 +49,6 @@ def foreign_db(path: Path) -> Path:
         db.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
         db.execute("INSERT INTO invoices (total) VALUES (12.5)")
     return path
-
-
-def run_sweep_py(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
-    """``python sweep.py ARGS`` in process: (exit status, stdout, stderr)."""
-    capsys.readouterr()  # what came before (MLflow's notes as a store is made) is not the command's
-    try:
-        sweep_py.main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # -- every sweeper setting is checked before anything runs -------------------------------
@@ -380,8 +367,8 @@ def test_a_storage_server_that_never_answers_fails_within_its_connect_timeout(
 
 @pytest.fixture
 def opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path):
-    """A Worker (its study and parent run made) with one complete trial, and a
-    winner file that records a better trial: what a sweep has when it reaches its end."""
+    """A study joined (its parent run made) with two complete trials, its plan, and a winner file
+    that records a better trial: what a sweep has when it reaches its end."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     best = tmp_path / "best_end.yaml"
     best.write_text(winner_text("end", 0.99))
@@ -391,10 +378,10 @@ def opened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store: Path):
     )  # fmt: skip
     plan = Plan.of(cfg, [])
     seed_store(tmp_path / "mlruns", empty_store)
-    sweep = Worker(plan, join(plan, cfg), cfg, launcher=None)
+    joined = join(plan, cfg)
     for value in (0.5, 0.4):
-        sweep.study.tell(sweep.study.ask(), value)
-    return sweep, best
+        joined.study.tell(joined.study.ask(), value)
+    return joined, plan, best
 
 
 def test_parameters_are_shown_at_a_readable_precision() -> None:
@@ -417,12 +404,12 @@ def test_the_parent_page_links_each_trial_to_its_run() -> None:
 
 
 def test_a_new_study_names_its_objective(opened) -> None:
-    sweep, _ = opened
-    assert sweep.study.metric_names == ["val_acc"]  # what optuna-dashboard shows instead of "Objective 0"
+    joined, _, _ = opened
+    assert joined.study.metric_names == ["val_acc"]  # what optuna-dashboard shows instead of "Objective 0"
 
 
 def test_interrupted_while_writing_the_report_ends_the_parent_killed(opened, monkeypatch: pytest.MonkeyPatch) -> None:
-    sweep, best = opened
+    joined, plan, best = opened
     before = sha256(best)
 
     def interrupted(*args: object) -> None:
@@ -430,15 +417,15 @@ def test_interrupted_while_writing_the_report_ends_the_parent_killed(opened, mon
 
     monkeypatch.setattr(report, "report", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        sweep.finish("FINISHED")
-    assert sweep.client.get_run(sweep.joined.parent_id).info.status == "KILLED"
+        finish(joined, plan, "FINISHED")
+    assert joined.client.get_run(joined.parent_id).info.status == "KILLED"
     assert sha256(best) == before and winner_files.winner_record(best).value == 0.99
 
 
 def test_a_winner_file_that_cannot_be_written_ends_the_parent_failed(opened, tmp_path: Path) -> None:
-    sweep, best = opened
+    joined, plan, best = opened
     best.unlink()
     best.mkdir()  # became a folder while the sweep ran
     with pytest.raises(UserError, match=f"cannot write {best}: it is a folder"):
-        sweep.finish("FINISHED")
-    assert sweep.client.get_run(sweep.joined.parent_id).info.status == "FAILED"
+        finish(joined, plan, "FINISHED")
+    assert joined.client.get_run(joined.parent_id).info.status == "FAILED"

@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 
 import optuna
+from mlflow.tracking import MlflowClient
 
+from mlp.errors import first_line
 from mlp.sweep import protocol
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
@@ -106,9 +108,17 @@ def why_not_compact(study: optuna.Study, trial: optuna.trial.FrozenTrial, within
     return None
 
 
-def measured(metrics: dict[str, float], wanted: list[str], val_acc: float) -> list[float] | str:
+def measured(client: MlflowClient, run_id: str, wanted: list[str], val_acc: float) -> list[float] | str:
     """The objectives ``wanted`` of a trial, in order, from its run's metrics (validation accuracy
     from the job's return value); or why they cannot be had."""
+    if not math.isfinite(val_acc):
+        return f"objective {val_acc}"
+    if wanted == [protocol.OBJECTIVE]:
+        return [val_acc]
+    try:
+        metrics = client.get_run(run_id).data.metrics
+    except Exception as e:  # noqa: BLE001 - the tracking store went away: this trial cannot be scored
+        return f"its MLflow run could not be read: {first_line(e)}"
     found = []
     for name in wanted:
         value = val_acc if name == protocol.OBJECTIVE else metrics.get(protocol.OBJECTIVE_METRICS[name])

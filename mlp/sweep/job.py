@@ -12,7 +12,6 @@ every exception from a job as an error with its traceback.) Nothing here imports
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -25,6 +24,7 @@ import optuna
 import psutil
 from hydra.utils import instantiate
 
+from mlp import processes
 from mlp.errors import ConfigError, UserError, first_line
 from mlp.sweep import protocol
 from mlp.sweep.kill_points import reach
@@ -95,13 +95,8 @@ def follow_worker(poll: float = 1.0, grace: float = 5.0) -> None:
     except psutil.NoSuchProcess:
         worker = None
 
-    def gone() -> bool:  # a zombie is dead too; is_running also tells a new process that took the pid
-        with contextlib.suppress(psutil.Error):
-            return worker is None or not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
-        return True
-
     def watch() -> None:
-        while not gone():
+        while worker is not None and processes.running(worker):  # a zombie, or a new process with its pid: gone
             time.sleep(poll)
         log.warning("the sweep worker (pid %s) is gone: this trial's job ends", pid)
         if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # joblib's processes ignore Ctrl-C

@@ -4,6 +4,7 @@ and launcher, the searched keys; and the study's fixed config (what joining work
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -210,7 +211,8 @@ def objectives(settings: DictConfig, pruner: Any) -> tuple[list[str], list[optun
 
 @dataclass(frozen=True)
 class Plan:
-    """What one worker was asked to do, every part checked (``Plan.of``) before anything is written."""
+    """What one worker was asked to do, every part checked (``Plan.of``) before anything is written:
+    the worker's only settings (it reads nothing else of the config)."""
 
     study_name: str
     n_trials: int
@@ -220,11 +222,20 @@ class Plan:
     directions: list[optuna.study.StudyDirection]
     sampler: PerTrialSampler
     pruner_spec: Any  # the pruner's config (None: no pruning); each pruned trial's job builds it from its attribute
-    extend: Callable[[DictConfig, optuna.trial.Trial], None] | None  # hydra.sweeper.custom_search_space
+    extend: Callable[[optuna.trial.Trial], None] | None  # hydra.sweeper.custom_search_space, given the config
     storage: str | None  # the study storage's URL; None: in memory
     heartbeat_interval: float
-    grace: float
-    settings: DictConfig  # hydra.sweeper, for the rest (timeout, max_retry, max_failure_rate, winner file)
+    grace: float  # seconds without a heartbeat (or a claim) before a trial counts as dead
+    max_retry: int  # times a dead worker's trial runs again
+    timeout: float | None  # seconds after which no new trial starts; None: n_trials decides
+    max_failure_rate: float
+    enqueue_trials: list[dict[str, Any]]  # a new study's first trials, {searched key: value}
+    winner_file: Path | None  # hydra.sweeper.best_config; None: none is written
+    replace_winner: bool
+    compact_within: float  # several objectives: the compact pick is within this of the best val_acc
+    registered_model: str | None  # where the compact pick is registered; None: tracking.register=false
+    sweep_dir: str  # Hydra's sweep folder (the trials' logs), tagged on each trial's run
+    job_threads: int | None  # trainer.threads of each trial when several share the cores; None: the config's
 
     @classmethod
     def of(cls, config: DictConfig, arguments: list[str]) -> Plan:
@@ -240,14 +251,23 @@ class Plan:
         elif s.storage is None:
             raise ConfigError("hydra.sweeper.storage", None, "a storage URL when pruning (trials open it)")
         names, directions = objectives(s, pruner_spec)
-        check_enqueued(s.get("enqueue_trials") or [], space)
-        extend = None
-        if s.custom_search_space:
-            extend = get_method(s.custom_search_space)
+        enqueued = s.get("enqueue_trials") or []
+        check_enqueued(enqueued, space)
+        extend = functools.partial(get_method(s.custom_search_space), config) if s.custom_search_space else None
+        # Parallel trials share the cores, recorded in each trial's config so that model=best reruns the
+        # winner with the same arithmetic.
+        shared = n_jobs > 1 and config.trainer.threads == 0
         return cls(
             study_name=s.study_name, n_trials=int(s.n_trials), n_jobs=n_jobs, space=space,
             objectives=names, directions=directions,
             sampler=PerTrialSampler(sampler_factory(s.sampler, space), s.sampler.get("seed")),
             pruner_spec=pruner_spec, extend=extend, storage=None if s.storage is None else str(s.storage),
-            heartbeat_interval=float(s.heartbeat_interval), grace=float(s.grace_period), settings=s,
+            heartbeat_interval=float(s.heartbeat_interval), grace=float(s.grace_period), max_retry=int(s.max_retry),
+            timeout=None if s.timeout is None else float(s.timeout), max_failure_rate=float(s.max_failure_rate),
+            enqueue_trials=[OmegaConf.to_container(p, enum_to_str=True) for p in enqueued],
+            winner_file=Path(s.best_config) if s.best_config else None, replace_winner=bool(s.replace_winner),
+            compact_within=float(s.compact_within),
+            registered_model=None if config.tracking.register is False else config.tracking.registered_model,
+            sweep_dir=str(config.hydra.sweep.dir),
+            job_threads=max(1, (os.cpu_count() or 1) // n_jobs) if shared else None,
         )  # fmt: skip

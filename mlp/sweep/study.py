@@ -1,6 +1,10 @@
 """A worker joins its study: checks the tracking store and the study storage, then creates the
 study (recording its fixed config, opening its one MLflow parent run and enqueueing the
-reference trials) or joins it (same direction, same fixed config, the parent run found)."""
+reference trials) or joins it (same direction, same fixed config, the parent run found).
+
+Also the study's side of a trial that the worker asks for: its MLflow run under the parent
+(``open_trial_run``), an earlier trial with the same parameters (``same_params``), and what
+ends a dead worker's trial (``EndRunAndRetry``, the storage's stale-trial callback)."""
 
 from __future__ import annotations
 
@@ -8,8 +12,8 @@ import contextlib
 import logging
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -28,6 +32,8 @@ log = logging.getLogger(__name__)
 # Heartbeats, their stale-trial callback and fail_stale_trials and metric names are "experimental" in Optuna 5
 # (since 2.8); they are what Optuna offers for dead workers, and this project pins Optuna.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+COMPLETE, PRUNED, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL
+RUNNING = optuna.trial.TrialState.RUNNING
 JOIN_WAIT = 60  # seconds a joining worker waits for the study's creator to record its parent run
 
 
@@ -44,6 +50,10 @@ class Joined:
     experiment_id: str
     parent_id: str
     created: bool  # by this worker
+
+    def trial_id(self, number: int) -> int:
+        """The storage's id of the study's trial ``number`` (what the storage's own methods take)."""
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
 
 
 def end_run(client: MlflowClient, run_id: str | None, status: str, reason: str | None = None) -> None:
@@ -92,7 +102,7 @@ def join(plan: Plan, config: DictConfig) -> Joined:
         check_storage(plan.storage)  # another application's database is left as it is, and no tracking store made
     uri, experiment_id = tracking.use_experiment(config.tracking)
     client = MlflowClient(uri)
-    storage = _storage(plan, EndRunAndRetry(client, experiment_id, plan.study_name, int(plan.settings.max_retry)))
+    storage = _storage(plan, EndRunAndRetry(client, experiment_id, plan.study_name, plan.max_retry))
     searched = set(plan.space.distributions)
     fixed = fixed_config(config, searched, plan.space.fixed)  # as the trials run: recorded, compared
     forms = (fixed, fixed_config(config, searched), shipped_defaults(config))  # + the older form, the defaults
@@ -170,16 +180,15 @@ def reference_points(plan: Plan, config: DictConfig) -> list[tuple[str, dict[str
     study (with the base config's values where one has none), each if it lies in the search space."""
     base = {key: OmegaConf.select(config, key) for key in plan.space.distributions}
     points = [("base config", base)]
-    for i, point in enumerate(plan.settings.get("enqueue_trials") or []):
-        given = OmegaConf.to_container(point, enum_to_str=True)
+    for i, given in enumerate(plan.enqueue_trials):
         points.append((f"hydra.sweeper.enqueue_trials[{i}]", base | {k: given[k] for k in given if k in base}))
-    path = plan.settings.get("best_config")
-    if path and winner_record(Path(path)) is not None:
+    path = plan.winner_file
+    if path is not None and winner_record(path) is not None:
         try:
             winner = OmegaConf.load(path)
             found = {key: OmegaConf.select(winner, key, default=base[key]) for key in base}
             found = OmegaConf.to_container(OmegaConf.create(found), enum_to_str=True)
-            points.append((f"winner file {Path(path).name}", found))
+            points.append((f"winner file {path.name}", found))
         except Exception as e:  # noqa: BLE001 - a damaged winner file: start without it
             log.warning("%s: not read (%s); the study starts without it", path, first_line(e))
     kept = []
@@ -257,3 +266,52 @@ def _recorded_attrs(study: optuna.Study, name: str) -> dict[str, Any]:
             )
         time.sleep(0.5)
     return attrs
+
+
+def tried(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's trials that ran or run, not the skipped repeats (the worker's ``ask``)."""
+    trials = study.get_trials(deepcopy=False, states=(COMPLETE, PRUNED, FAIL, RUNNING))
+    return [t for t in trials if not t.user_attrs.get(protocol.ATTR_FAILURE, "").startswith(protocol.DUPLICATE)]
+
+
+def same_params(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> int | None:
+    """The number of an earlier trial with the same parameters that ran or runs, if any."""
+    for other in tried(study):
+        if other.number != trial.number and other.params == trial.params:
+            return other.number
+    return None
+
+
+def space_exhausted(study: optuna.Study, plan: Plan) -> bool:
+    """Every configuration of a finite search space has run: a new trial could only repeat one
+    (with a custom_search_space, which may add keys, it never is)."""
+    return plan.extend is None and plan.space.exhausted([t.params for t in tried(study)])
+
+
+def open_trial_run(joined: Joined, plan: Plan, trial: optuna.trial.Trial, retry_of: int | None) -> str:
+    """The trial's MLflow run under the study's parent, its id stored on the trial with what its job
+    needs (the pruner); the run's id."""
+    tags = {
+        protocol.PARENT_RUN: joined.parent_id,
+        protocol.TAG_STUDY: plan.study_name,
+        protocol.TAG_TRIAL: str(trial.number),
+        protocol.TAG_DIR: plan.sweep_dir,
+    }
+    if retry_of is not None:
+        tags[protocol.TAG_RETRY_OF] = str(retry_of)
+    run = joined.client.create_run(joined.experiment_id, run_name=f"trial-{trial.number:03d}", tags=tags)
+    trial.set_user_attr(protocol.ATTR_RUN_ID, run.info.run_id)
+    if plan.pruner_spec is not None:
+        trial.set_user_attr(protocol.ATTR_PRUNER, plan.pruner_spec)  # the job reads it from the storage
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def quiet_optuna() -> Iterator[None]:
+    """Optuna logs each tell at INFO; the worker logs its own line per trial."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(level)
