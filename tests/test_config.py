@@ -110,6 +110,10 @@ def test_synthetic_val_size_is_checked_against_its_own_size() -> None:
         ("model.num_layers=four", "model.num_layers: Value 'four' of type 'str' could not be converted to Integer"),
         ("trainer.precision=fp16", "trainer.precision: Invalid value 'fp16', expected one of [auto, fp32, bf16]"),
         (
+            "model.dropout_masks=bernoulli",
+            "model.dropout_masks: Invalid value 'bernoulli', expected one of [bits, torch]",
+        ),
+        (
             "model.activation=swish",
             "model.activation: Invalid value 'swish', expected one of "
             "[relu, leaky_relu, sigmoid, tanh, gelu, silu, elu]",

@@ -31,6 +31,9 @@ def test_dropout_after_each_hidden_activation() -> None:
     g = torch.Generator()
     model = MLP(num_layers=3, layer_size=16, dropout=0.5, generator=g)
     assert [(m.p, m.generator) for m in model if isinstance(m, Dropout)] == [(0.5, g), (0.5, g)]
+    # masks="torch": torch's own layer, whose masks winner files trained before 2026-12-06 used
+    older = MLP(num_layers=3, layer_size=16, dropout=0.5, masks="torch")
+    assert [type(m) for m in older if isinstance(m, nn.Dropout | Dropout)] == [nn.Dropout, nn.Dropout]
 
 
 CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))

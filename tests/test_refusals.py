@@ -509,7 +509,13 @@ def test_plots_out_that_cannot_be_a_folder_is_one_line(
 
 
 def test_make_serve_listens_on_the_port_it_is_given() -> None:
-    done = subprocess.run(["make", "-n", "serve", "PORT=8766"], cwd=ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["make", "--no-print-directory", "-n", "serve", "PORT=8766"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert done.stdout.splitlines()[-1].split() == [".venv/bin/python", "-m", "mlp.serve", "--port", "8766"]
 
 

@@ -39,12 +39,18 @@ class Precision(StrEnum):
     bf16 = "bf16"  # forward pass under bfloat16 autocast; weights and updates float32
 
 
+class DropoutMasks(StrEnum):
+    bits = "bits"  # mlp.run.model.Dropout: 16-bit random words against a threshold (a fifth of torch's cost)
+    torch = "torch"  # torch's nn.Dropout (a float per element): what winner files trained before 2026-12-06 used
+
+
 @dataclass
 class ModelConfig:
     num_layers: int = MISSING
     layer_size: int = MISSING
     activation: Activation = MISSING
     dropout: float = MISSING
+    dropout_masks: DropoutMasks = DropoutMasks.bits
 
 
 @dataclass

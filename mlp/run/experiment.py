@@ -108,9 +108,11 @@ class Setup:
         # The dropout masks' own generator, on the device, seeded from the run's (without dropout the
         # run's stream is left as it was).
         masks = None
-        if m.dropout > 0:
+        if m.dropout > 0 and m.dropout_masks == "bits":
             masks = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-        model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout, generator=masks).to(device)
+        model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout, masks=m.dropout_masks, generator=masks).to(
+            device
+        )
         optimizer = training.make_optimizer(cfg.optimizer, model)
         steps_per_epoch = -(-len(splits.train_x) // t.batch_size)
         schedule = training.make_schedule(cfg.schedule, optimizer, t.epochs * steps_per_epoch)

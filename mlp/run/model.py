@@ -50,7 +50,8 @@ class Dropout(nn.Module):
 class MLP(nn.Sequential):
     """``num_layers`` Linear layers: num_layers-1 hidden layers of ``layer_size``, then the
     10-way output. Takes [B, 784] or [B, 28, 28] (flattened) and returns [B, 10] logits.
-    ``generator`` draws the dropout masks (see ``Dropout``)."""
+    ``generator`` draws the dropout masks (see ``Dropout``); ``masks="torch"``: torch's
+    ``nn.Dropout`` instead, as runs before 2026-12-06 used (a winner file trained with it says so)."""
 
     def __init__(
         self,
@@ -60,6 +61,7 @@ class MLP(nn.Sequential):
         dropout: float = 0.0,
         in_features: int = IN_FEATURES,
         num_classes: int = NUM_CLASSES,
+        masks: str = "bits",
         generator: torch.Generator | None = None,
     ):
         if num_layers < 1:
@@ -71,7 +73,7 @@ class MLP(nn.Sequential):
         for _ in range(num_layers - 1):
             layers += [nn.Linear(width, layer_size), ACTIVATIONS[activation]()]
             if dropout > 0:
-                layers.append(Dropout(dropout, generator))
+                layers.append(Dropout(dropout, generator) if masks == "bits" else nn.Dropout(dropout))
             width = layer_size
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)
