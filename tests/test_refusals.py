@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import runpy
 import signal
 import subprocess
@@ -510,8 +511,10 @@ def test_plots_out_that_cannot_be_a_folder_is_one_line(
 
 def test_make_serve_listens_on_the_port_it_is_given() -> None:
     done = subprocess.run(
-        ["make", "--no-print-directory", "-n", "serve", "PORT=8766"],
+        ["make", "-n", "serve", "PORT=8766"],
         cwd=ROOT,
+        # not the settings of a `make test` around this run (its ARGS, its directory lines)
+        env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
         capture_output=True,
         text=True,
         check=True,
