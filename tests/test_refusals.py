@@ -24,7 +24,6 @@ import numpy as np
 import optuna
 import psutil
 import pytest
-from hydra.core.utils import JobReturn, JobStatus
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
@@ -37,6 +36,7 @@ from mlp.sweep.settings import Plan
 from mlp.sweep.study import join
 from mlp.sweep.worker import Worker
 from tests.helpers import ROOT, compose_cfg, seed_store, subprocess_env
+from tests.scripted import Job, ScriptedLauncher
 from tests.test_run_inputs import small_disk
 from tests.test_sweep_inputs import run_sweep_py, sweeper_cfg
 
@@ -89,21 +89,18 @@ def train_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.Cap
 # -- a winner file takes only a better score made on the same data and split ------------------
 
 
-class Jobs:
-    """A launcher whose jobs are functions: each logs its trial's config (the sweep's command line
-    and the trial's overrides, as Hydra composes it) to the MLflow run the worker opened for it, as
-    a run does, and returns ``value`` as its validation accuracy."""
+def logging_config(command_line: list[str]) -> Callable[[Job], float]:
+    """A job for ``ScriptedLauncher`` that logs its trial's config (the sweep's command line and the
+    trial's overrides, as Hydra composes it) to the MLflow run the worker opened for it, as a run
+    does, and scores 1.0."""
 
-    def __init__(self, value: float, command_line: list[str]):
-        self.value, self.command_line, self.launched = value, command_line, 0
-
-    def launch(self, job_overrides: list[list[str]], initial_job_idx: int) -> list[JobReturn]:
-        (overrides,) = job_overrides
-        cfg = compose_cfg([*self.command_line, *overrides])
+    def job(job: Job) -> float:
+        cfg = compose_cfg([*command_line, *job.overrides])
         resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         MlflowClient().log_text(cfg.sweep.run_id, OmegaConf.to_yaml(resolved), "config.yaml")
-        self.launched += 1
-        return [JobReturn(status=JobStatus.COMPLETED, _return_value=self.value)]
+        return 1.0
+
+    return job
 
 
 def worker(tmp_path: Path, empty_store: Path, *overrides: str, arguments: tuple[str, ...] = ()) -> Worker:
@@ -117,7 +114,7 @@ def worker(tmp_path: Path, empty_store: Path, *overrides: str, arguments: tuple[
     cfg = sweeper_cfg(*command_line)
     plan = Plan.of(cfg, list(arguments))
     task = [o for o in ["data=synthetic", *command_line] if not o.startswith("hydra")]  # sweeper_cfg's TINY: synthetic
-    return Worker(plan, join(plan, cfg), Jobs(1.0, task))
+    return Worker(plan, join(plan, cfg), ScriptedLauncher(logging_config(task)))
 
 
 @pytest.fixture
@@ -275,7 +272,7 @@ def test_a_small_search_space_stops_when_every_configuration_has_run(
     sweep.run()
     trials = sweep.study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state.name == "COMPLETE"]
-    assert sorted(t.params["model.num_layers"] for t in complete) == [2, 3] and sweep.launcher.launched == 2
+    assert sorted(t.params["model.num_layers"] for t in complete) == [2, 3] and len(sweep.launcher.jobs) == 2
     assert all(t.number < complete[-1].number for t in trials if t.state.name == "FAIL")  # none after both ran
     assert "every configuration of the search space has run: no new trial" in worker_log.messages
 
