@@ -130,11 +130,19 @@ def web_app(champion: dict) -> Iterator[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """With pytest-xdist (`make test` runs two workers, --dist loadgroup), each module runs on
-    one worker, so its module fixtures are made once, and the tests that read the session's
-    champion model all run on the same worker, so it is trained once; so do the tests of the
-    PostgreSQL server and mlflow server (``services``), started once."""
+    """With pytest-xdist (`make test` runs workers with --dist loadgroup) a test goes to whichever
+    worker is free, except where a fixture is made once per worker: the tests that read the
+    session's champion model all run on one worker (trained once), so do those of the PostgreSQL
+    server and mlflow server (``services``, started once), and a module's tests where it has a
+    module fixture. Groups start first, then the other slow tests, so that nothing long starts
+    last while the other workers are idle."""
+    rank = {}
     for item in items:
         names = getattr(item, "fixturenames", ())
-        group = "champion" if "champion" in names else "services" if "services" in names else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
+        defs = getattr(item, "_fixtureinfo", None)
+        scoped = defs is not None and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values())
+        group = next((n for n in ("champion", "services") if n in names), item.module.__name__ if scoped else None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+        rank[item] = 0 if group else 1 if item.get_closest_marker("slow") else 2
+    items.sort(key=rank.__getitem__)  # stable: a module's tests keep their order

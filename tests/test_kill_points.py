@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 from mlp.run.winner_files import winner_record
 from mlp.sweep import protocol
 from mlp.sweep.kill_points import KILL_AT, POINTS
-from tests.helpers import ROOT, subprocess_env
+from tests.helpers import ROOT, seed_store, subprocess_env
 
 pytestmark = pytest.mark.slow
 
@@ -77,8 +77,9 @@ def check_nothing_left(root: Path, storage: str, study_name: str, point: str, cl
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_a_worker_killed_at_a_point_leaves_nothing_on_sqlite(tmp_path: Path, point: str) -> None:
+def test_a_worker_killed_at_a_point_leaves_nothing_on_sqlite(tmp_path: Path, point: str, empty_store: Path) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
+    seed_store(tmp_path / "mlruns", empty_store)  # what a kill leaves is the point, not how a store is made
     killed_then_finished(tmp_path, storage, "kill", point, subprocess_env())
     check_nothing_left(tmp_path, storage, "kill", point, MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db"))
 

@@ -149,8 +149,9 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
     shipped = (ROOT / "conf/model/best.yaml").read_text()
     assert (clone / "conf/model/best.yaml").read_text() == shipped  # the synthetic study scored other data: kept
 
+    said = {}  # each line's result, for what is checked after the loop
     for line in sweep_lines:
-        done = shell(clone, line)
+        done = said[line] = shell(clone, line)
         if line == "python sweep.py export":  # mnist-mlp's best here is a synthetic trial: the shipped winner stays
             assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
             kept = f"error: {clone}/conf/model/best.yaml is kept: it holds trial 1 of study mnist-frontier, which "
@@ -160,7 +161,7 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
             continue
         assert done.returncode == 0, f"{line}\n{done.stderr[-2000:]}"
         assert done.stdout.strip() or "plots" in line, line
-    listed = shell(clone, "python sweep.py list").stdout
+    listed = said["python sweep.py list"].stdout
     assert "smoke: 3 complete" in listed and "smoke-pareto: 4 complete" in listed
     assert "Pareto front of val_acc, latency_ms: " in listed
     exported = (clone / "t7.yaml").read_text()  # `export --trial 7 --out t7.yaml` asked for trial 7 of mnist-mlp
