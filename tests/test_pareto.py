@@ -21,7 +21,7 @@ from mlp.errors import UserError
 from mlp.sweep import front, protocol
 from mlp.sweep.settings import Plan
 from mlp.sweep.study import join
-from tests.helpers import CONF, ROOT, TINY, Sweep, run_train
+from tests.helpers import CONF, ROOT, TINY, Sweep, run_sweep_py, run_train
 from tests.web import browser, running_dashboard
 
 SCREENSHOT = ROOT / "outputs" / "browser" / "optuna_dashboard.png"  # docs/optuna_dashboard.png: a real study's
@@ -131,7 +131,9 @@ ENQUEUED = (
 
 
 @pytest.mark.slow
-def test_a_pareto_sweep_shows_its_front_and_moves_compact_only_by_the_rule(tmp_path: Path) -> None:
+def test_a_pareto_sweep_shows_its_front_and_moves_compact_only_by_the_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     s = Sweep(tmp_path, "pareto")
     args = [
         a.replace("hydra/sweeper=optuna", "hydra/sweeper=optuna_pareto") for a in s.args(3) if a != "data=synthetic"
@@ -160,17 +162,17 @@ def test_a_pareto_sweep_shows_its_front_and_moves_compact_only_by_the_rule(tmp_p
     # the alias compact: the pick within 0.002 is trial 1 itself; never a dominated trial, nor one too far below
     version = client.get_model_version_by_alias("mnist-mlp", "compact")
     assert (version.tags["trial"], version.run_id) == ("1", study.trials[1].user_attrs[protocol.ATTR_RUN_ID])
-    listed = s.sweep_py("front", "pareto")
-    assert (
-        listed.returncode == 0
-        and "compact pick (within 0.002 of the best validation accuracy): trial 1" in listed.stdout
-    )
+    # sweep.py in process (its command line is tests/test_sweep_inputs.py's): what it reads and moves is the point
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
+    code, out, _ = run_sweep_py(capsys, "front", "pareto", "--storage", s.storage)
+    assert code == 0 and "compact pick (within 0.002 of the best validation accuracy): trial 1" in out
     for trial, within, why in ((2, "0.5", "is not on the study's Pareto front"), (0, "0.002", "more than 0.002 below")):
-        refused = s.sweep_py("compact", "pareto", "--trial", str(trial), "--within", within)
-        assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and why in refused.stderr, refused.stderr
+        code, _, err = run_sweep_py(capsys, "compact", "pareto", "--trial", str(trial), "--within", within,
+                                    "--storage", s.storage)  # fmt: skip
+        assert code == 2 and err.count("\n") == 1 and why in err, err
         assert client.get_model_version_by_alias("mnist-mlp", "compact").version == version.version
-    moved = s.sweep_py("compact", "pareto", "--trial", "0", "--within", "0.1")
-    assert moved.returncode == 0, moved.stderr
+    code, _, err = run_sweep_py(capsys, "compact", "pareto", "--trial", "0", "--within", "0.1", "--storage", s.storage)
+    assert code == 0, err
     now = client.get_model_version_by_alias("mnist-mlp", "compact")
     assert now.version != version.version and now.tags["trial"] == "0"
     assert (
