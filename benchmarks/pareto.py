@@ -4,7 +4,7 @@ compact pick against the most accurate trial (the champion's recipe: what the wi
 
     python benchmarks/pareto.py                    # hydra/sweeper=optuna_pareto as shipped: a 12-minute budget
     python benchmarks/pareto.py --budget 600       # another budget, in seconds
-    python benchmarks/pareto.py --quick            # seconds: 3 one-epoch trials of tiny networks
+    python benchmarks/pareto.py --quick            # seconds: 2 one-epoch trials of tiny networks
     python benchmarks/pareto.py --dir DIR --reuse --within 0.01   # the study in DIR again, another compact distance
 
 Everything goes to a folder of its own (--dir, else a temporary one): the study, the MLflow store
@@ -39,9 +39,9 @@ from mlp.serve.recognizer import Recognizer  # noqa: E402
 from mlp.sweep import front, protocol  # noqa: E402
 from mlp.sweep.report import front_rows, markdown_table, short_name, trial_runs  # noqa: E402
 
-QUICK = [
+QUICK = [  # a smoke run: the sweep, its front and the picks' serving, end to end
     "trainer.epochs=1",
-    "hydra.sweeper.n_trials=3",
+    "hydra.sweeper.n_trials=2",
     "model.num_layers=range(1,3)",
     "model.layer_size=choice(16,64)",
 ]
@@ -81,7 +81,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=720, help="seconds the sweep starts trials for (default: 720)")
     parser.add_argument("--dir", help="folder for the study and its runs (default: a temporary one)")
     parser.add_argument("--requests", type=int, default=500, help="POST /predict requests per model (default: 500)")
-    parser.add_argument("--quick", action="store_true", help="3 one-epoch trials of tiny networks: a smoke run")
+    parser.add_argument("--quick", action="store_true", help="2 one-epoch trials of tiny networks: a smoke run")
     parser.add_argument("--reuse", action="store_true", help="measure the study already in --dir: no new sweep")
     parser.add_argument("--within", type=float, default=0.002, help="the compact pick's distance (the preset's: 0.002)")
     args = parser.parse_args()
