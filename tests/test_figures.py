@@ -64,3 +64,15 @@ def test_slice_log_axes_read_as_plain_numbers(figures: dict) -> None:
     (log_axis,) = [ax for ax in fig.axes if ax.get_xscale() == "log"]  # optimizer.weight_decay
     shown = [label.get_text() for label in log_axis.get_xticklabels() if label.get_text()]
     assert shown and set(shown) <= {"0.0001", "0.001", "0.01", "0.1"}, shown
+
+
+def test_no_importances_from_no_more_trials_than_parameters() -> None:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    for i in range(len(SPACE)):
+        study.tell(study.ask(SPACE), 0.9 + 0.01 * i)
+    found = optuna_figures(study)
+    assert "optuna/param_importances.png" not in found and "optuna/optimization_history.png" in found
+    study.tell(study.ask(SPACE), 0.95)  # one trial more than parameters
+    assert "optuna/param_importances.png" in optuna_figures(study)
+    for fig in found.values():
+        matplotlib.pyplot.close(fig)

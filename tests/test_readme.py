@@ -166,7 +166,12 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
     assert "Pareto front of val_acc, latency_ms: " in listed
     exported = (clone / "t2.yaml").read_text()  # `export --trial 2 --out t2.yaml` asked for trial 2 of mnist-mlp
     assert exported.startswith("# @package _global_\n# winner: study=mnist-mlp trial=2 ")
-    assert len(list((clone / "plots").glob("*.png"))) >= 4
+    plots = {"optimization_history.png", "parallel_coordinate.png", "slice.png"}  # 3 trials of 10 parameters:
+    assert {p.name for p in (clone / "plots").glob("*.png")} == plots  # no importances yet
+
+
+@pytest.mark.slow
+def test_readme_flags_and_help_run_as_written(clone: Path) -> None:
     for line in readme_lines(FLAGS):
         done = shell(clone, line)
         assert done.returncode == 0 and ("model:" in done.stdout or "== Configuration groups ==" in done.stdout), line

@@ -137,6 +137,9 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
             continue
         if name == "intermediate_values" and not any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
             continue  # a sweep without a pruner reports none
+        if name == "param_importances" and (why := too_few_for_importances(study)):
+            log.info("skipping Optuna plot %s: %s", name, why)
+            continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -156,6 +159,17 @@ def optuna_figures(study: optuna.Study) -> dict[str, Any]:
             number_the_front(first, study)
         figures[f"optuna/{name}.png"] = fig
     return figures
+
+
+def too_few_for_importances(study: optuna.Study) -> str:
+    """Why the study cannot give parameter importances yet, or "": Optuna's fANOVA fits a random
+    forest of the objective over the parameters, which from no more trials than parameters says
+    nothing (and loading scikit-learn for it costs a smoke sweep's report 1.5-3 s)."""
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    params = {key for t in complete for key in t.params}
+    if len(complete) > len(params):
+        return ""
+    return f"{len(complete)} complete trials, {len(params)} parameters: importances need more trials than parameters"
 
 
 def show_pruned_ends(ax: Any, study: optuna.Study) -> None:
