@@ -44,12 +44,13 @@ def pg_version() -> str:
     return max(found, key=float)
 
 
-def start_postgres(base: Path, version: str, name: str) -> int:
-    """Create the cluster (on the next free port from 5432) unless it exists, start it unless it runs; its port."""
+def start_postgres(base: Path, version: str, name: str, on_port: int | None) -> int:
+    """Create the cluster unless it exists (on_port None: the next from 5432 no cluster has), start it; its port."""
     if (status := pg("pg_ctlcluster", version, name, "status", base=base, check=False).returncode) not in (0, 3):
         in_base = [] if os.geteuid() == 0 else ["-d", str(base / "pg"), "-l", str(base / "postgres.log")]
+        on = [] if on_port is None else ["-p", str(on_port)]
         # Each worker holds a few connections (study, jobs, the server's pool): room for tens of workers.
-        opts = [*in_base, "--start-conf", "manual", "-o", "max_connections=500", version, name]
+        opts = [*in_base, *on, "--start-conf", "manual", "-o", "max_connections=500", version, name]
         pg("pg_createcluster", "-q", *opts, "--", "-A", "trust", "-U", "postgres", base=base)
     port = pg("pg_conftool", "-s", version, name, "show", "port", base=base).stdout.strip()
     if status != 0:
@@ -80,8 +81,7 @@ def start_mlflow(base: Path, state: dict, port: int, workers: int) -> None:
     cmd = [sys.executable, "-m", "mlflow", "server", "--serve-artifacts", "--artifacts-destination", base / "artifacts",
            "--backend-store-uri", f"postgresql://postgres@{LOCAL}:{state['pg_port']}/mlflow", "--host", LOCAL,
            "--port", str(state["mlflow_port"]), "--workers", str(workers)]  # fmt: skip
-    # No GenAI job runner (7 processes, not used by training runs) unless asked for; a session of its own: a Ctrl-C
-    # in this terminal is not for the server.
+    # No GenAI job runner (7 processes training never uses); a session of its own: a Ctrl-C here is not for it.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     with open(base / "mlflow.log", "ab") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out, start_new_session=True)
@@ -106,14 +106,14 @@ def stop_mlflow(state: dict) -> None:
             tree = psutil.wait_procs(tree, timeout=grace)[1]  # reaped: a server we started leaves no zombie
 
 
-def start(base: Path, mlflow_port: int = 5001, workers: int = 2) -> dict:
+def start(base: Path, mlflow_port: int = 5001, workers: int = 2, pg_port: int | None = None) -> dict:
     """Start the cluster and the server, or find them running: their URLs, ports and state."""
     base, version, file = base.resolve(), pg_version(), base.resolve() / "services.json"
     base.mkdir(parents=True, exist_ok=True)
     default = {"cluster": f"mlp_{hashlib.sha1(bytes(base)).hexdigest()[:8]}"}
     state = json.loads(file.read_text()) if file.exists() else default
-    state["pg_port"] = start_postgres(base, version, state["cluster"])
-    file.write_text(json.dumps(state))  # what stop() needs, should the server fail
+    file.write_text(json.dumps(state))  # what stop() needs, should a server fail to start
+    state["pg_port"] = start_postgres(base, version, state["cluster"], pg_port)
     if not mlflow_server(state):
         stop_mlflow(state)
         start_mlflow(base, state, mlflow_port, workers)
@@ -140,11 +140,10 @@ if __name__ == "__main__":
     parser.add_argument("--purge", action="store_true", help="stop: delete the data too")
     args = parser.parse_args()
     try:
-        if args.command == "start":
-            info = start(args.dir)
-            print(f"export MLFLOW_TRACKING_URI={info['tracking_uri']}\nexport OPTUNA_STORAGE={info['storage_url']}")
-        else:
-            stop(args.dir, args.purge)
+        if args.command == "stop":
+            sys.exit(stop(args.dir, args.purge))
+        info = start(args.dir)
+        print(f"export MLFLOW_TRACKING_URI={info['tracking_uri']}\nexport OPTUNA_STORAGE={info['storage_url']}")
     except ServiceError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -101,12 +101,14 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """A real PostgreSQL (a cluster of Debian's postgresql-common) and `mlflow server` on it, as
     `make services` starts them (scripts/services.py), on free ports; deleted at the end."""
     from scripts import services  # only for the tests that start the servers
+    from tests.web import free_port
 
     if not shutil.which("pg_ctlcluster") and (os.geteuid() != 0 or not shutil.which("apt-get")):
         pytest.skip("no PostgreSQL server: apt-get install postgresql (as root the tests install it)")
     folder = tmp_path_factory.mktemp("services")
     try:
-        yield services.start(folder, mlflow_port=0, workers=1)
+        # A free port of its own: two test runs at once would otherwise both take Debian's next one.
+        yield services.start(folder, mlflow_port=0, workers=1, pg_port=free_port())
     finally:
         services.stop(folder, purge=True)
 
@@ -129,19 +131,22 @@ def web_app(champion: dict) -> Iterator[str]:
         yield url
 
 
+SHARED = ("champion", "services", "slurm_cluster")  # session fixtures made once per worker
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (`make test` runs workers with --dist loadgroup) a test goes to whichever
     worker is free, except where a fixture is made once per worker: the tests that read the
     session's champion model all run on one worker (trained once), so do those of the PostgreSQL
-    server and mlflow server (``services``, started once), and a module's tests where it has a
-    module fixture. Groups start first, then the other slow tests, so that nothing long starts
-    last while the other workers are idle."""
+    server and mlflow server (``services``) and of the SLURM cluster (each started once), and a
+    module's tests where it has a module fixture. Groups start first, then the other slow tests,
+    so that nothing long starts last while the other workers are idle."""
     rank = {}
     for item in items:
         names = getattr(item, "fixturenames", ())
         defs = getattr(item, "_fixtureinfo", None)
         scoped = defs is not None and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values())
-        group = next((n for n in ("champion", "services") if n in names), item.module.__name__ if scoped else None)
+        group = next((n for n in SHARED if n in names), item.module.__name__ if scoped else None)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
         rank[item] = 0 if group else 1 if item.get_closest_marker("slow") else 2
