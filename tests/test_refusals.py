@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 import predict as predict_py
 from mlp.errors import UserError
 from mlp.run import registry, tracking
-from mlp.serve import app as serve_app
+from mlp.serve.__main__ import main as serve_main
 from mlp.sweep import protocol, report
 from mlp.sweep.settings import Plan
 from mlp.sweep.study import join
@@ -37,6 +37,7 @@ from tests.helpers import ROOT, compose_cfg, seed_store, subprocess_env
 from tests.scripted import Job, ScriptedLauncher
 from tests.test_run_inputs import small_disk
 from tests.test_sweep_inputs import run_sweep_py, sweeper_cfg
+from tests.web import free_port
 
 SHIPPED = ROOT / "conf" / "model" / "best.yaml"
 
@@ -453,7 +454,7 @@ def test_predict_names_what_is_wrong_with_its_model(
     assert predict_py.main([str(ROOT / "samples/three.png"), "--model", model]) == 2
     assert capsys.readouterr().err == f"error: {message.format(store=store)}\n"
     if model.startswith("http"):  # the web app's --model alike (it raised the line as a traceback)
-        assert serve_app.main(["--model", model, "--port", "1"]) == 2
+        assert serve_main(["--model", model, "--port", str(free_port())]) == 2
         assert capsys.readouterr().err == f"error: {message}\n"
 
 
