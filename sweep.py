@@ -25,22 +25,20 @@ trial (or with --replace), and keeps the version it replaces in the study's MLfl
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from urllib.parse import urlencode
 
 import optuna
-from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
 from mlp import PROJECT_ROOT
 from mlp.cli import closed_pipe_quietly
 from mlp.errors import UserError, check_writable_folder, first_line
-from mlp.run import tracking
 from mlp.run.winner_files import STUDY_NAME, STUDY_NAME_RULE, winner_file
 from mlp.sqlite_files import sqlite_file
 from mlp.sweep import front, protocol
-from mlp.sweep.export import register_compact, update_winner
 from mlp.sweep.report import (
     SAVE,
     SAVED_VIEW,
@@ -55,11 +53,14 @@ from mlp.sweep.report import (
 )
 from mlp.sweep.storage import check_storage, engine_kwargs
 
+# MLflow and torch (seconds to load) are imported by the commands that read or write the tracking store, and
+# the sweep's defaults are composed only when a command needs one: `list --storage URL` answers at once.
 
+
+@functools.cache
 def defaults(preset: str = "optuna") -> tuple[str, str, str, float]:
     """(study, storage URL, winner file, compact_within) as `train.py -m hydra/sweeper=<preset>` sets them."""
-    # Only when a default is needed: listings start without Hydra's composer and the schema (torch).
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_dir  # only when a default is needed (see from_preset)
 
     import mlp.run.config  # noqa: F401 - puts the config schemas in Hydra's ConfigStore
 
@@ -88,6 +89,8 @@ def load_study(name: str, url: str) -> optuna.Study:
 
 
 def default_tracking_uri() -> str:
+    from mlp.run import tracking  # MLflow, torch: only where the tracking store is used
+
     tracking_cfg = OmegaConf.create({"uri": None, "dir": str(PROJECT_ROOT / "mlruns"), "experiment": "mnist-mlp"})
     return tracking.tracking_uri(tracking_cfg)
 
@@ -96,6 +99,10 @@ def mlflow_client(need: str | None = None):
     """The MLflow client of the tracking store, checked first (a server that does not answer, a
     file of something else); None when the store does not exist (it is not created), or a
     UserError when ``need`` (what it is needed for) says it must be there."""
+    from mlflow.tracking import MlflowClient  # MLflow, torch: only for the commands that read the store
+
+    from mlp.run import tracking  # MLflow, torch: only where the tracking store is used
+
     uri = default_tracking_uri()
     if uri.startswith(("http://", "https://")):
         tracking.check_server(uri)
@@ -130,6 +137,8 @@ WIDE_COLUMNS = ("epochs_run", "train_seconds", "wall_seconds", "run_id")  # show
 def cmd_link(args: argparse.Namespace) -> None:
     """Where each study's trials are in the MLflow UI: its saved view (best first, accuracies and
     searched parameters as columns) once a sweep of it has ended, else its runs filtered and sorted."""
+    from mlp.run import tracking  # MLflow, torch: only where the tracking store is used
+
     storage = existing_storage(args.storage)
     names = [args.study] if args.study else sorted(optuna.get_all_study_names(storage=storage))
     client = mlflow_client(need="the studies' runs are there")
@@ -154,7 +163,6 @@ def cmd_link(args: argparse.Namespace) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
-
     study = load_study(args.study, args.storage)
     client = mlflow_client()
     if client is None:
@@ -166,6 +174,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from mlp.sweep.export import update_winner  # MLflow: only for the commands that write
 
     if args.out is None and STUDY_NAME.fullmatch(args.study) is None:
         raise UserError(f"study {args.study!r} has no winner file of its own (a name is {STUDY_NAME_RULE}): give --out")
@@ -208,6 +217,8 @@ def cmd_front(args: argparse.Namespace) -> None:
 
 
 def cmd_compact(args: argparse.Namespace) -> None:
+    from mlp.sweep.export import register_compact  # MLflow: only for the commands that write
+
     study = load_study(args.study, args.storage)
     trial = front.compact_pick(study, args.within) if args.trial is None else None
     if args.trial is not None:
@@ -261,51 +272,75 @@ def fraction(text: str) -> float:
     return value
 
 
-def main(argv: list[str] | None = None) -> None:
-    study, storage, best, _ = defaults()
-    pareto, _, _, within = defaults("optuna_pareto")
+PRESET = object()  # an argument's default: the value the sweep preset sets (see from_preset)
+PRESET_KEYS = {"study": 0, "storage": 1, "within": 3}  # their place in defaults()
+
+
+def from_preset(args: argparse.Namespace) -> argparse.Namespace:
+    """Each argument left at PRESET takes the value that `train.py -m hydra/sweeper=<args.preset>` sets:
+    the config is composed (seconds: the schema loads torch) only for a command that needs one."""
+    for key, value in vars(args).items():
+        if value is PRESET:
+            setattr(args, key, defaults(args.preset)[PRESET_KEYS[key]])
+    return args
+
+
+def command_line() -> argparse.ArgumentParser:
+    sweep, pareto = "the sweep's (hydra/sweeper=optuna)", "the Pareto sweep's (hydra/sweeper=optuna_pareto)"
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--storage", default=storage, help=f"Optuna storage URL (default: {storage})")
+    common.add_argument("--storage", default=PRESET, help="Optuna storage (default: the preset's, mlruns/optuna.db)")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    add = lambda name, help: commands.add_parser(name, help=help, parents=[common])  # noqa: E731
+
+    def add(name: str, help: str, preset: str = "optuna") -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help, parents=[common])
+        command.set_defaults(preset=preset)
+        return command
+
     add("list", "studies with trial counts and best value").set_defaults(func=cmd_list)
     board = add("leaderboard", "a study's best trials")
-    board.add_argument("study", nargs="?", default=study, help=f"study name (default: {study})")
+    board.add_argument("study", nargs="?", default=PRESET, help=f"study name (default: {sweep}, mnist-mlp)")
     board.add_argument("--all", action="store_true", help="every column: seconds, epochs run, MLflow run id")
     board.add_argument("--top", type=positive, default=10, help="how many trials to show (default: 10)")
     board.set_defaults(func=cmd_leaderboard)
     export = add("export", "write a trial's config as best.yaml")
-    export.add_argument("study", nargs="?", default=study, help=f"study name (default: {study})")
+    export.add_argument("study", nargs="?", default=PRESET, help=f"study name (default: {sweep}, mnist-mlp)")
     export.add_argument("--trial", type=int, help="trial number (default: the best)")
-    export.add_argument("--out", help=f"file to write (default: the study's winner file, {best} for {study})")
+    export.add_argument("--out", help="file to write (default: the study's winner file, conf/model/best.yaml for "
+                        "mnist-mlp)")  # fmt: skip
     export.add_argument(
         "--replace", action="store_true", help="replace a winner file even if the trial it holds scored better"
     )
     export.set_defaults(func=cmd_export)
     plots = add("plots", "Optuna's plots, to files and/or to MLflow")
-    plots.add_argument("study", nargs="?", default=study, help=f"study name (default: {study})")
+    plots.add_argument("study", nargs="?", default=PRESET, help=f"study name (default: {sweep}, mnist-mlp)")
     plots.add_argument("--out", help="folder for PNG files")
     plots.add_argument("--mlflow", action="store_true", help="log to the study's latest sweep parent run")
     plots.set_defaults(func=cmd_plots)
     link = add("link", "where a study's trials are in the MLflow UI: best first, with their scores and parameters")
     link.add_argument("study", nargs="?", help="study name (default: every study in the storage)")
     link.set_defaults(func=cmd_link)
-    pareto_board = add("front", "a multi-objective study's Pareto front and its compact pick")
-    pareto_board.add_argument("study", nargs="?", default=pareto, help=f"study name (default: {pareto})")
+    pareto_board = add("front", "a multi-objective study's Pareto front and its compact pick", "optuna_pareto")
+    pareto_board.add_argument("study", nargs="?", default=PRESET, help=f"study name (default: {pareto}, mnist-pareto)")
     pareto_board.add_argument("--all", action="store_true", help="with the MLflow run ids")
-    pareto_board.add_argument("--within", type=fraction, default=within, help=f"the compact rule's distance ({within})")
+    pareto_board.add_argument("--within", type=fraction, default=PRESET,
+                              help=f"the compact rule's distance (default: {pareto} compact_within)")  # fmt: skip
     pareto_board.set_defaults(func=cmd_front)
-    compact = add("compact", "register a front trial's model as models:/<name>@compact")
-    compact.add_argument("study", nargs="?", default=pareto, help=f"study name (default: {pareto})")
+    compact = add("compact", "register a front trial's model as models:/<name>@compact", "optuna_pareto")
+    compact.add_argument("study", nargs="?", default=PRESET, help=f"study name (default: {pareto}, mnist-pareto)")
     compact.add_argument("--trial", type=int, help="trial number (default: the compact pick)")
-    compact.add_argument("--within", type=fraction, default=within, help=f"the rule's distance (default: {within})")
+    compact.add_argument("--within", type=fraction, default=PRESET,
+                         help=f"the rule's distance (default: {pareto} compact_within)")  # fmt: skip
     compact.add_argument("--name", default="mnist-mlp", help="registered model name (default: mnist-mlp)")
     compact.set_defaults(func=cmd_compact)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = command_line().parse_args(argv)
     try:
         with closed_pipe_quietly():
-            args.func(args)
+            args.func(from_preset(args))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -5,8 +5,12 @@ import (ROOT, TINY, compose_cfg, run_train, Sweep, ...) are in tests/helpers.py.
 
 from __future__ import annotations
 
+import logging
 import os
+import runpy
 import shutil
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig
 
+from mlp.sweep import protocol
 from tests.helpers import ROOT, TINY, compose_cfg, seed_store, subprocess_env
 
 
@@ -48,6 +53,37 @@ def tiny_cfg(mlruns: Path):
         return compose_cfg([*TINY, f"tracking.dir={mlruns}", *overrides])
 
     return make
+
+
+@pytest.fixture
+def train_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
+    """``python train.py ARGS`` in this process, from ``tmp_path``, outputs and runs there (later
+    arguments win): (exit status, stdout, stderr lines). What a subprocess would show, without its
+    seconds of imports; the signal handler and the environment that the command line sets are put
+    back afterwards (Hydra clears its own state as the command ends)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def call(*args: str) -> tuple[int, str, list[str]]:
+        argv = ["train.py", f"hydra.run.dir={tmp_path}/out", f"tracking.dir={tmp_path}/mlruns", *args]
+        monkeypatch.setattr(sys, "argv", argv)
+        handler, raising = signal.getsignal(signal.SIGTERM), logging.raiseExceptions
+        capsys.readouterr()
+        try:
+            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        finally:
+            signal.signal(signal.SIGTERM, handler)
+            logging.raiseExceptions = raising
+            for name in ("HYDRA_FULL_ERROR", protocol.ENV_WORKER):  # set by run_cli, and by a sweep for its jobs
+                monkeypatch.delenv(name, raising=False)
+        out = capsys.readouterr()
+        return code, out.out, out.err.strip().splitlines()
+
+    return call
 
 
 @pytest.fixture(scope="session")

@@ -154,20 +154,33 @@ def test_invalid_yaml_in_a_config_file_is_one_line(tmp_path: Path) -> None:
     )
 
 
+CLI_BAD_INPUT = [(o, k) for o, k, _ in BAD_VALUES[:4]] + [
+    ("model.activation=swish", "model.activation"),
+    ("model.layers=3", "model.layers"),
+    ("model=resnet", "model/resnet"),
+    ("+trainer.epoch=5", "trainer.epoch"),
+    ("optimizer.weight_decay=inf", "optimizer.weight_decay"),
+    ("model.layer_size=1000000", "model.layer_size"),
+]
+
+
+@pytest.mark.parametrize(("override", "key"), CLI_BAD_INPUT)
+def test_cli_reports_bad_input_in_one_line(train_py, override: str, key: str, tmp_path: Path) -> None:
+    """train.py in process: what it prints and returns. The two kinds (refused as Hydra composes
+    the config; refused by the run's own checks) cross a real process boundary below."""
+    code, out, err = train_py(override)
+    assert code == 2 and out == ""
+    assert len(err) == 1 and err[0].startswith("error: ") and key in err[0], err
+    assert not (tmp_path / "mlruns").exists()  # stopped before anything was logged
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "key"),
-    [(o, k) for o, k, _ in BAD_VALUES[:4]]
-    + [
-        ("model.activation=swish", "model.activation"),
-        ("model.layers=3", "model.layers"),
-        ("model=resnet", "model/resnet"),
-        ("+trainer.epoch=5", "trainer.epoch"),
-        ("optimizer.weight_decay=inf", "optimizer.weight_decay"),
-        ("model.layer_size=1000000", "model.layer_size"),
-    ],
+    [("model.activation=swish", "model.activation"), ("model.num_layers=0", "model.num_layers")],
+    ids=["at composition", "by the run's checks"],
 )
-def test_cli_reports_bad_input_in_one_line(override: str, key: str, tmp_path: Path) -> None:
+def test_cli_reports_bad_input_in_one_line_in_a_real_process(override: str, key: str, tmp_path: Path) -> None:
     done = run_train(override, f"tracking.dir={tmp_path}/mlruns", f"hydra.run.dir={tmp_path}/out")
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import predict as predict_py
 from tests.helpers import ROOT, subprocess_env
-
-pytestmark = pytest.mark.slow  # predict.py in a subprocess, the champion
 
 
 def predict(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -23,12 +22,17 @@ def predict(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedP
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 
+@pytest.mark.slow  # predict.py in a subprocess, the champion
 def test_photos_are_read_and_bad_files_named(champion: dict, digit_photos: list, tmp_path: Path) -> None:
+    """Pictures read and the 28x28 images saved; each bad file named with its reason, the others still
+    read. A FIFO would wait for a writer forever and /dev/zero never ends: each is refused from its stat."""
     good = digit_photos[:4]
     (tmp_path / "notes.png").write_text("not a picture")
     (tmp_path / "empty.jpg").write_bytes(b"")
     Image.new("L", (80, 80), 230).save(tmp_path / "blank.png")
-    bad = ["notes.png", "empty.jpg", "blank.png", "missing.gif"]
+    os.mkfifo(tmp_path / "pipe.png")
+    (tmp_path / "folder").mkdir()
+    bad = ["notes.png", "empty.jpg", "blank.png", "missing.gif", "pipe.png", "/dev/zero", "folder"]
     args = [str(p) for p, _ in good[:2]] + bad + [str(p) for p, _ in good[2:]]
     done = predict(*args, "--save-input", "seen", env=champion["env"], cwd=tmp_path)
     assert done.returncode == 1  # some files failed; the others were still read
@@ -45,46 +49,66 @@ def test_photos_are_read_and_bad_files_named(champion: dict, digit_photos: list,
         "empty.jpg: error: empty file",
         "blank.png: error: blank: no ink found (a picture of one digit expected)",
         "missing.gif: error: no such file",
-        "4 of 8 file(s) could not be read",
+        "pipe.png: error: a FIFO (named pipe), not an image file",
+        "/dev/zero: error: a device, not an image file",
+        "folder: error: a directory, not an image file",
+        "7 of 11 file(s) could not be read",
     ]
     assert not list(tmp_path.glob("*.db")) and not (tmp_path / "mlruns").exists()  # nothing stray where it ran
 
 
-def test_without_a_model_it_says_how_to_make_one(tmp_path: Path, digit_photos: list) -> None:
-    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none/mlflow.db")
-    done = predict(str(digit_photos[0][0]), env=env, cwd=tmp_path)
-    assert done.returncode == 2
-    assert done.stderr.strip() == (
+def test_without_a_model_it_says_how_to_make_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """In process: predict.py's main, what it prints and returns (the exit status 2 of a setup error
+    through the real process: below)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/none/mlflow.db")
+    assert predict_py.main([str(ROOT / "samples" / "three.png")]) == 2
+    assert capsys.readouterr().err.strip() == (
         f"error: no tracking store at {tmp_path}/none/mlflow.db yet: "
         "train and register one with:  python train.py model=best   (or any run with tracking.register=true)"
     )
 
 
-def test_fifos_devices_and_folders_are_refused_at_once(champion: dict, digit_photos: list, tmp_path: Path) -> None:
-    """A FIFO would wait for a writer forever and /dev/zero never ends: each is refused from its stat
-    with one line, and the files around them are still read."""
-    os.mkfifo(tmp_path / "pipe.png")
-    (tmp_path / "folder").mkdir()
-    (first, _), (last, _) = digit_photos[0], digit_photos[-1]
-    done = predict(str(first), "pipe.png", "/dev/zero", "folder", str(last), env=champion["env"], cwd=tmp_path)
-    assert done.returncode == 1
-    assert [line.split(":")[0] for line in done.stdout.strip().splitlines()] == [str(first), str(last)]
-    assert done.stderr.strip().splitlines() == [
-        "pipe.png: error: a FIFO (named pipe), not an image file",
-        "/dev/zero: error: a device, not an image file",
-        "folder: error: a directory, not an image file",
-        "3 of 5 file(s) could not be read",
+def test_files_that_are_no_images_are_said_without_loading_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/none/mlflow.db")  # no model: never looked for
+    (tmp_path / "notes.png").write_text("not a picture")
+    assert predict_py.main([str(tmp_path / "missing.png"), str(tmp_path / "notes.png")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{tmp_path}/missing.png: error: no such file",
+        f"{tmp_path}/notes.png: error: not an image (PNG, JPEG, BMP, GIF, WebP, ... expected)",
+        "2 of 2 file(s) could not be read",
     ]
 
 
-@pytest.mark.parametrize("where", ["a file", "/proc", "read-only"])
-def test_an_unusable_save_input_folder_is_refused_before_any_image_is_read(tmp_path: Path, where: str) -> None:
+def save_input_target(tmp_path: Path, where: str) -> Path:
+    """A --save-input folder that cannot be used; the file ``taken`` beside it holds "mine"."""
     if where == "read-only" and os.geteuid() == 0:
         pytest.skip("root writes in a read-only folder")
-    target = {"a file": tmp_path / "taken", "/proc": Path("/proc/seen"), "read-only": tmp_path / "ro" / "seen"}[where]
     (tmp_path / "taken").write_text("mine")
     (tmp_path / "ro").mkdir(mode=0o500)
-    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none/mlflow.db")  # checked before the model too
+    return {"a file": tmp_path / "taken", "/proc": Path("/proc/seen"), "read-only": tmp_path / "ro" / "seen"}[where]
+
+
+@pytest.mark.parametrize("where", ["a file", "/proc", "read-only"])
+def test_an_unusable_save_input_folder_is_refused_before_any_image_is_read(
+    tmp_path: Path, where: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    target = save_input_target(tmp_path, where)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/none/mlflow.db")  # checked before the model too
+    assert predict_py.main(["missing.png", "--save-input", str(target)]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and len(out.err.strip().splitlines()) == 1
+    assert out.err.startswith(f"error: --save-input='{target}' is not accepted: expected a writable folder")
+    assert (tmp_path / "taken").read_text() == "mine"
+
+
+@pytest.mark.slow  # predict.py in a subprocess
+def test_a_setup_error_is_status_2_and_one_line_in_a_real_process(tmp_path: Path) -> None:
+    target = save_input_target(tmp_path, "a file")
+    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none/mlflow.db")
     done = predict("missing.png", "--save-input", str(target), env=env, cwd=tmp_path)
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1
@@ -92,6 +116,7 @@ def test_an_unusable_save_input_folder_is_refused_before_any_image_is_read(tmp_p
     assert (tmp_path / "taken").read_text() == "mine"
 
 
+@pytest.mark.slow  # predict.py in a subprocess, the champion
 def test_the_readmes_example_runs_as_written(champion: dict) -> None:
     """The README's `$ python predict.py samples/...` block, run verbatim from the repository
     root on the shipped samples: the same lines, the same digits and status (the percentages

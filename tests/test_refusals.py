@@ -11,8 +11,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import runpy
-import signal
 import subprocess
 import sys
 import time
@@ -30,7 +28,7 @@ from omegaconf import OmegaConf
 import predict as predict_py
 from mlp.errors import UserError
 from mlp.run import registry, tracking
-from mlp.serve import app as serve_app
+from mlp.serve.__main__ import main as serve_main
 from mlp.sweep import protocol, report
 from mlp.sweep.settings import Plan
 from mlp.sweep.study import join
@@ -39,6 +37,7 @@ from tests.helpers import ROOT, compose_cfg, seed_store, subprocess_env
 from tests.scripted import Job, ScriptedLauncher
 from tests.test_run_inputs import small_disk
 from tests.test_sweep_inputs import run_sweep_py, sweeper_cfg
+from tests.web import free_port
 
 SHIPPED = ROOT / "conf" / "model" / "best.yaml"
 
@@ -55,35 +54,6 @@ def tracked_files_stay_as_they_are() -> Iterator[None]:
     before = {f: digest(f) for f in files}
     yield
     assert [str(f.relative_to(ROOT)) for f in files if digest(f) != before[f]] == []
-
-
-@pytest.fixture
-def train_py(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture):
-    """``python train.py ARGS`` in this process, from ``tmp_path``, outputs and runs there:
-    (exit status, stderr lines). The signal handler and the environment that the command line sets
-    are put back afterwards (Hydra clears its own state as the command ends)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-
-    def call(*args: str) -> tuple[int, list[str]]:
-        argv = ["train.py", f"hydra.run.dir={tmp_path}/out", f"tracking.dir={tmp_path}/mlruns", *args]
-        monkeypatch.setattr(sys, "argv", argv)
-        handler, raising = signal.getsignal(signal.SIGTERM), logging.raiseExceptions
-        capsys.readouterr()
-        try:
-            runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        finally:
-            signal.signal(signal.SIGTERM, handler)
-            logging.raiseExceptions = raising
-            for name in ("HYDRA_FULL_ERROR", protocol.ENV_WORKER):  # set by run_cli, and by a sweep for its jobs
-                monkeypatch.delenv(name, raising=False)
-        return code, capsys.readouterr().err.strip().splitlines()
-
-    return call
 
 
 # -- a winner file takes only a better score made on the same data and split ------------------
@@ -243,7 +213,7 @@ def test_a_kill_point_that_names_nothing_is_refused_as_the_worker_starts(monkeyp
 
 def test_an_invalid_choice_stops_the_sweep_before_anything_is_written(train_py, tmp_path: Path) -> None:
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db"
-    code, err = train_py("-m", "hydra/sweeper=optuna", "data=synthetic", f"hydra.sweep.dir={tmp_path}/multirun",
+    code, _, err = train_py("-m", "hydra/sweeper=optuna", "data=synthetic", f"hydra.sweep.dir={tmp_path}/multirun",
                          storage, "model.activation=choice(relu,nosuch)")  # fmt: skip
     assert code == 2 and err == [
         "error: search space: model.activation=nosuch: Invalid value 'nosuch', expected one of [relu, leaky_relu, "
@@ -253,7 +223,7 @@ def test_an_invalid_choice_stops_the_sweep_before_anything_is_written(train_py, 
 
 
 def test_a_sweep_in_a_dict_of_params_is_one_line_naming_the_way(train_py, tmp_path: Path) -> None:
-    code, err = train_py("-m", "hydra/sweeper=optuna", "hydra.sweeper.params={model.dropout:interval(0,0.3)}")
+    code, _, err = train_py("-m", "hydra/sweeper=optuna", "hydra.sweeper.params={model.dropout:interval(0,0.3)}")
     assert code == 2 and err == [
         "error: hydra.sweeper.params: model.dropout: a sweep (interval) cannot be a value inside a mapping on the "
         "command line; give it as an argument of its own: python train.py -m 'model.dropout=interval(...)'"
@@ -299,7 +269,7 @@ def test_a_small_search_space_stops_when_every_configuration_has_run(
 def test_a_bad_run_setting_is_one_line_and_writes_nothing(
     train_py, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    code, err = train_py("data=synthetic", "trainer.epochs=1", "trainer.device=cpu", *args)
+    code, _, err = train_py("data=synthetic", "trainer.epochs=1", "trainer.device=cpu", *args)
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {message}"), err
     assert sorted(p.name for p in tmp_path.iterdir()) in ([], ["out"])  # no MLflow store, no MNIST fetched here
 
@@ -308,7 +278,7 @@ def test_a_tracking_uri_that_names_no_database_or_server_is_one_line(
     train_py, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "garbage")  # MLflow would take it for its file store
-    code, err = train_py("data=synthetic")
+    code, _, err = train_py("data=synthetic")
     assert code == 2 and err == [
         "error: MLFLOW_TRACKING_URI='garbage' is not accepted: expected a database URL (sqlite:////abs/path/mlflow.db, "
         "postgresql://user@host/db, ...) or a tracking server (http://host:port)"
@@ -373,7 +343,7 @@ def test_a_full_disk_under_the_study_storage_names_it_and_ends_the_parent_run(
     monkeypatch.setattr(optuna, "create_study", created_then_full)
     seed_store(tmp_path / "mlruns", empty_store)
     storage = f"sqlite:///{disk}/optuna.db"
-    code, err = train_py("-m", "hydra/sweeper=optuna", "data=synthetic", f"hydra.sweep.dir={tmp_path}/multirun",
+    code, _, err = train_py("-m", "hydra/sweeper=optuna", "data=synthetic", f"hydra.sweep.dir={tmp_path}/multirun",
                          f"hydra.sweeper.storage={storage}", "hydra.sweeper.best_config=null")  # fmt: skip
     assert code == 2 and err == [
         f"error: no space left (database or disk is full) while writing {disk}/optuna.db: free space or point "
@@ -387,7 +357,7 @@ def test_a_full_disk_under_the_study_storage_names_it_and_ends_the_parent_run(
 def test_a_full_output_folder_names_hydra_run_dir(train_py, full_disk) -> None:
     disk, fill = full_disk
     fill()
-    code, err = train_py("data=synthetic", f"hydra.run.dir={disk}/out")
+    code, _, err = train_py("data=synthetic", f"hydra.run.dir={disk}/out")
     assert code == 2 and err == [
         "error: no space left (No space left on device, ENOSPC) while writing Hydra's output folder: free space or "
         "point hydra.run.dir (hydra.sweep.dir with -m) elsewhere"
@@ -484,7 +454,7 @@ def test_predict_names_what_is_wrong_with_its_model(
     assert predict_py.main([str(ROOT / "samples/three.png"), "--model", model]) == 2
     assert capsys.readouterr().err == f"error: {message.format(store=store)}\n"
     if model.startswith("http"):  # the web app's --model alike (it raised the line as a traceback)
-        assert serve_app.main(["--model", model, "--port", "1"]) == 2
+        assert serve_main(["--model", model, "--port", str(free_port())]) == 2
         assert capsys.readouterr().err == f"error: {message}\n"
 
 

@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from mlp.run import registry
 from mlp.run.experiment import run
 from mlp.run.winner_files import winner_origin, winner_record
-from tests.helpers import ROOT, compose_cfg, run_train
+from tests.helpers import ROOT, compose_cfg
 
 CANONICAL = registry.canonical_split()
 
@@ -144,8 +144,8 @@ def _winner_file(folder: Path, study: str, data: str) -> None:
     )
 
 
-@pytest.mark.slow
-def test_train_model_best_registers_only_a_winner_on_the_canonical_split(tmp_path: Path) -> None:
+@pytest.mark.slow  # trains two models (in process: train.py run as __main__)
+def test_train_model_best_registers_only_a_winner_on_the_canonical_split(train_py, tmp_path: Path) -> None:
     """`python train.py model=<winner file>` registers without being asked, with the study and trial,
     when the winner was trained on MNIST's canonical split; a synthetic study's winner is not
     registered by default, and the summary says why."""
@@ -154,17 +154,17 @@ def test_train_model_best_registers_only_a_winner_on_the_canonical_split(tmp_pat
     _winner_file(conf / "model", "m", "mnist")
     client = MlflowClient(f"sqlite:///{mlruns / 'mlflow.db'}")
 
-    done = run_train("--config-dir", str(conf), "model=best_syn", f"tracking.dir={mlruns}")
-    assert done.returncode == 0, done.stderr[-2000:]
+    code, out, err = train_py("--config-dir", str(conf), "model=best_syn", f"tracking.dir={mlruns}")  # in process
+    assert code == 0, err[-20:]
     assert (
         "not registered: this winner was trained on data=synthetic, and only models trained on MNIST's "
         "canonical split (val_size 10000, split_seed 0) are registered by default"
-    ) in done.stdout
+    ) in out
     assert client.search_registered_models() == []
 
-    done = run_train("--config-dir", str(conf), "model=best_m", f"tracking.dir={mlruns}")
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "registered as mnist-mlp version 1, now models:/mnist-mlp@champion" in done.stdout
+    code, out, err = train_py("--config-dir", str(conf), "model=best_m", f"tracking.dir={mlruns}")
+    assert code == 0, err[-20:]
+    assert "registered as mnist-mlp version 1, now models:/mnist-mlp@champion" in out
     version = client.get_model_version_by_alias("mnist-mlp", "champion")
     assert (version.tags["study"], version.tags["trial"]) == ("m", "3")
     assert (version.tags["data.name"], version.tags["data.val_size"], version.tags["champion_eligible"]) == (

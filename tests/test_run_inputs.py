@@ -20,7 +20,7 @@ from mlp.errors import ConfigError, UserError
 from mlp.run import data
 from mlp.run.config import validate
 from mlp.run.experiment import run
-from tests.helpers import ROOT, run_train, subprocess_env
+from tests.helpers import ROOT, subprocess_env
 
 
 @pytest.mark.parametrize(
@@ -82,15 +82,14 @@ def test_tracking_dir_that_cannot_be_written_is_refused(tiny_cfg, tmp_path: Path
     assert a_file.read_text() == "mine\n" and not Path("/proc/mlruns").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("where", ["file", "/proc"])
-def test_hydra_run_dir_that_cannot_be_made_is_one_line(tmp_path: Path, where: str) -> None:
+def test_hydra_run_dir_that_cannot_be_made_is_one_line(train_py, tmp_path: Path, where: str) -> None:
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine\n")
     folder = a_file if where == "file" else "/proc/outputs"
-    done = run_train("data=synthetic", f"hydra.run.dir={folder}", f"tracking.dir={tmp_path}/mlruns", cwd=tmp_path)
-    assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [
+    code, _, lines = train_py("data=synthetic", f"hydra.run.dir={folder}")  # in process: the one line, the status
+    assert code == 2
+    assert lines == [
         f"error: cannot use {folder}: {'File exists' if where == 'file' else 'No such file or directory'} "
         "(an output folder must be a folder you can write in: check hydra.run.dir, hydra.sweep.dir and tracking.dir)"
     ]
@@ -179,16 +178,15 @@ def small_disk(folder: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", "--lazy", str(folder)], check=True)  # the test's MLflow client holds the store open
 
 
-@pytest.mark.slow
-def test_a_full_disk_ends_the_run_failed_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.slow  # trains a model (in process: train.py run as __main__)
+def test_a_full_disk_ends_the_run_failed_with_one_line(train_py, tmp_path: Path) -> None:
     """A 2 MB disk holds the store (~1 MB) and the figures, not the 3.7 MB model: the copy of
     the model into the artifacts fails with ENOSPC, as on a disk that fills up during a run."""
     with small_disk(tmp_path / "disk", "2m") as disk:
         mlruns = disk / "mlruns"
-        done = run_train("data=synthetic", "trainer.epochs=1", "trainer.device=cpu", f"tracking.dir={mlruns}",
-                         f"hydra.run.dir={tmp_path}/out", cwd=tmp_path)  # fmt: skip
-        assert done.returncode == 2
-        (line,) = done.stderr.strip().splitlines()
+        code, _, lines = train_py("data=synthetic", "trainer.epochs=1", "trainer.device=cpu", f"tracking.dir={mlruns}")
+        assert code == 2
+        (line,) = lines
         (failed,) = MlflowClient(f"sqlite:///{mlruns}/mlflow.db").search_runs(["1"])
         assert line.startswith(f"error: no space left (No space left on device, ENOSPC) while writing {mlruns}/")
         assert line.endswith(f"model.pt2: free space or point tracking.dir elsewhere; the MLflow run "

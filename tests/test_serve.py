@@ -22,6 +22,7 @@ from PIL import Image
 from mlp.run import data
 from mlp.run.experiment import run
 from mlp.serve import app, images
+from mlp.serve.__main__ import main as serve_main
 from mlp.serve.recognizer import model_uri
 from tests.helpers import ROOT, subprocess_env
 from tests.test_images import drawn_seven, encoded
@@ -160,17 +161,31 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_goes_on(
     assert requests.get(f"{web_app}/health", timeout=30).status_code == 200  # still serving
 
 
-def test_without_a_model_health_and_predict_say_how_to_make_one(tmp_path: Path, digit_photos: list) -> None:
+def test_without_a_model_it_says_how_to_make_one_and_a_client_gone_mid_upload_leaves_no_traceback(
+    tmp_path: Path, digit_photos: list
+) -> None:
+    """One server on a store with nothing registered in it yet: /health and /predict say how to make a
+    model (the page itself says it: the browser test looks); a client that goes away in the middle of its
+    upload leaves the server serving, with no traceback in its log."""
     store = tmp_path / "mlruns"
     store.mkdir()
-    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{store}/mlflow.db")
     (store / "mlflow.db").touch()  # a store, but nothing registered in it yet
-    with running_app(env) as url:
+    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{store}/mlflow.db")
+    log = tmp_path / "server.log"
+    with log.open("w") as out, running_app(env, log=out) as url:
         health = requests.get(f"{url}/health", timeout=30)
         assert health.status_code == 503 and "python train.py model=best" in health.json()["error"]
         response = requests.post(f"{url}/predict", data=digit_photos[0][0].read_bytes(), timeout=30)
         assert response.status_code == 503 and "python train.py model=best" in response.json()["error"]
-        assert requests.get(url, timeout=30).status_code == 200  # the page itself says it (the browser test looks)
+        assert requests.get(url, timeout=30).status_code == 200
+
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as raw:  # no model needed: the body is read first
+            raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                        b"Content-Length: 5000000\r\n\r\n" + b"\x89PNG" * 25_000)  # fmt: skip
+        time.sleep(1)  # the server sees the connection close
+        assert requests.get(f"{url}/health", timeout=30).status_code == 503  # still serving (no model here)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
 
 
 def _until(get: Callable[[], requests.Response], done: Callable[[requests.Response], bool]) -> requests.Response:
@@ -239,38 +254,31 @@ def test_health_answers_at_once_while_a_large_image_is_read(web_app: str) -> Non
     assert len(latencies) >= 3 and max(latencies) < answer["seconds"] / 3, (latencies, answer["seconds"])
 
 
-def test_a_client_gone_mid_upload_leaves_no_traceback(tmp_path: Path) -> None:
-    store = tmp_path / "mlruns"
-    store.mkdir()
-    (store / "mlflow.db").touch()  # no model needed: the body is read first
-    env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{store}/mlflow.db")
-    log = tmp_path / "server.log"
-    with log.open("w") as out, running_app(env, log=out) as url:
-        host, port = url.removeprefix("http://").split(":")
-        with socket.create_connection((host, int(port))) as raw:
-            raw.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                        b"Content-Length: 5000000\r\n\r\n" + b"\x89PNG" * 25_000)  # fmt: skip
-        time.sleep(1)  # the server sees the connection close
-        assert requests.get(f"{url}/health", timeout=30).status_code == 503  # still serving (no model here)
-    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
-
-
 PORTS = "is not accepted: expected a port number from 1 to 65535"
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--port", "99999"], f"python -m mlp.serve: error: argument --port: '99999' {PORTS}"),
-        (["--port", "0"], f"python -m mlp.serve: error: argument --port: '0' {PORTS}"),
-        (["--host", "no-such-host.invalid"], "error: cannot listen on no-such-host.invalid:8000: "),
-    ],
-)
-def test_a_bad_port_or_host_is_one_line(args: list[str], message: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "mlp.serve", *args], cwd=ROOT, env=subprocess_env(),
+def test_a_bad_port_or_host_is_one_line(capsys: pytest.CaptureFixture) -> None:
+    """In process: the command's main, what it prints and returns (the real process: below)."""
+    with pytest.raises(SystemExit) as info:
+        serve_main(["--port", "0"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"python -m mlp.serve: error: argument --port: '0' {PORTS}"
+    assert serve_main(["--host", "no-such-host.invalid"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: cannot listen on no-such-host.invalid:8000: ") and line.endswith(
+        "(check --host and --port)"
+    )
+
+
+def serve_py(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlp.serve", *args], cwd=ROOT, env=subprocess_env(),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr
+
+
+def test_a_bad_port_is_a_usage_error_at_once() -> None:
+    done = serve_py("--port", "99999")
+    assert done.returncode == 2 and done.stdout == "" and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"python -m mlp.serve: error: argument --port: '99999' {PORTS}"
 
 
 def test_a_port_in_use_is_one_line_before_the_model_loads() -> None:
@@ -278,7 +286,6 @@ def test_a_port_in_use_is_one_line_before_the_model_loads() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "mlp.serve", "--port", str(port)], cwd=ROOT,
-                              env=subprocess_env(), capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = serve_py("--port", str(port))
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == f"error: port {port} on 127.0.0.1 is in use (another server?): choose another with --port\n"

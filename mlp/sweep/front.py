@@ -14,12 +14,15 @@ accuracy is one of them, maximised, and the rule for choosing is:
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import optuna
-from mlflow.tracking import MlflowClient
 
 from mlp.errors import first_line
 from mlp.sweep import protocol
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 COUNT = "params"  # the objective that counts (weights): shown as a whole number

@@ -14,14 +14,17 @@ import math
 import re
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-from mlflow.entities import Param
-from mlflow.tracking import MlflowClient
 
-from mlp.run import tracking
 from mlp.sweep import front, protocol
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+# MLflow's writers (and mlp.run.tracking: MLflow, torch) are imported by the functions that write to a parent run:
+# sweep.py's listings (trials by state, the leaderboard of a study) start without them.
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +251,8 @@ def report(study: optuna.Study, client: MlflowClient, parent_id: str) -> None:
     UI, and the log lines a sweep ends with: a ranked summary and the link to that view."""
     import matplotlib.pyplot as plt  # only when plots are drawn: sweep.py's listings start without it
 
+    from mlp.run import tracking  # MLflow, torch: only where the tracking store is used
+
     runs = trial_runs(client, study)
     rows = leaderboard(study, runs)
     client.log_text(parent_id, tracking.csv_text(rows), "leaderboard.csv")
@@ -275,6 +280,8 @@ def record_best(client: MlflowClient, parent_id: str, best: optuna.trial.FrozenT
     best.* tags, and its parameters as the parent's params. MLflow never changes a param: when a
     later report finds another best trial, the params stay those of the first (param best.trial
     names it) and tag best.params_of says so; the tags and metrics follow the best."""
+    from mlflow.entities import Param  # MLflow: only where a parent run is written
+
     client.log_metric(parent_id, "best/val_acc", acc)
     client.log_metric(parent_id, "val/acc", acc)
     if run is not None and "test/acc" in run.data.metrics:
@@ -309,6 +316,8 @@ def front_rows(study: optuna.Study, runs: dict[int, Any]) -> list[dict[str, Any]
 def report_front(study: optuna.Study, client: MlflowClient, parent_id: str, runs: dict[int, Any]) -> None:
     """A multi-objective study's front on its parent run (front.csv, front.md), and each complete
     trial's run tagged on the front or not (only where that changed)."""
+    from mlp.run import tracking  # MLflow, torch: only where the tracking store is used
+
     rows = front_rows(study, runs)
     client.log_text(parent_id, tracking.csv_text(rows), "front.csv")
     client.log_text(parent_id, markdown_table(rows), "front.md")
@@ -399,6 +408,8 @@ def save_view(client: MlflowClient, experiment_id: str, study: optuna.Study, par
     """The study's saved view in MLflow 3.17's runs table (the experiment tag its "Save as new
     view" writes: a JSON envelope holding the state as a JSON string), keyed by the parent run's
     id; a link with ``viewStateShareKey=<key>`` opens it. Returns the link."""
+    from mlp.run import tracking  # MLflow, torch: only where the tracking store is used
+
     now = int(time.time() * 1000)
     envelope = {"name": f"study {study.study_name}: trials, best first", "createdAt": now, "updatedAt": now,
                 "state": json.dumps(view_state(study, parent_id))}  # fmt: skip
