@@ -481,7 +481,7 @@ def test_make_serve_listens_on_the_port_it_is_given() -> None:
         ["make", "-n", "serve", "PORT=8766"],
         cwd=ROOT,
         # not the settings of a `make test` around this run (its ARGS, its directory lines)
-        env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")},
+        env={k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "PORT")},
         capture_output=True,
         text=True,
         check=True,
