@@ -33,26 +33,27 @@ IN_FLIGHT = ("ask", "sampler", "asked", "job", "tell")  # a trial was running wh
 STORAGE_POINTS = ("ask", "asked", "job")
 
 
-def worker(root: Path, storage: str, study: str, n_trials: int, env: dict[str, str]) -> subprocess.CompletedProcess:
-    args = [
+def worker_args(root: Path, storage: str, study: str, n_trials: int) -> list[str]:
+    return [
         "-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=none", "data=synthetic", "trainer.epochs=1",
         "trainer.threads=1", f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.study_name={study}",
         f"hydra.sweeper.storage={storage}", f"hydra.sweeper.best_config={root}/best.yaml",
         "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3", f"tracking.dir={root}/mlruns",
         f"hydra.sweep.dir={root}/multirun",
     ]  # fmt: skip
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=root, env=env, capture_output=True, text=True, timeout=300
-    )
 
 
-def killed_then_finished(root: Path, storage: str, study: str, point: str, env: dict[str, str]) -> None:
-    """The first worker dies at ``point`` (its second trial is the first the sampler proposes:
-    the first is the base config, enqueued); a later worker of one trial finishes the study."""
-    first = worker(root, storage, study, 2, {**env, KILL_AT: point})
+def killed_then_finished(root: Path, storage: str, study: str, point: str, env: dict[str, str], train_py) -> None:
+    """The first worker, a process of its own, dies at ``point`` (its second trial is the first the
+    sampler proposes: the first is the base config, enqueued); a later worker of one trial finishes
+    the study (in this process: what it clears up is the point, not its start-up)."""
+    first = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *worker_args(root, storage, study, 2)],
+        cwd=root, env={**env, KILL_AT: point}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-    later = worker(root, storage, study, 1, env)
-    assert later.returncode == 0, later.stderr[-3000:]
+    code, _, err = train_py(*worker_args(root, storage, study, 1))
+    assert code == 0, err[-30:]
 
 
 def check_nothing_left(root: Path, storage: str, study_name: str, point: str, client: MlflowClient) -> None:
@@ -77,16 +78,21 @@ def check_nothing_left(root: Path, storage: str, study_name: str, point: str, cl
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_a_worker_killed_at_a_point_leaves_nothing_on_sqlite(tmp_path: Path, point: str, empty_store: Path) -> None:
+def test_a_worker_killed_at_a_point_leaves_nothing_on_sqlite(
+    tmp_path: Path, point: str, empty_store: Path, train_py
+) -> None:
     storage = f"sqlite:///{tmp_path}/optuna.db"
     seed_store(tmp_path / "mlruns", empty_store)  # what a kill leaves is the point, not how a store is made
-    killed_then_finished(tmp_path, storage, "kill", point, subprocess_env())
+    killed_then_finished(tmp_path, storage, "kill", point, subprocess_env(), train_py)
     check_nothing_left(tmp_path, storage, "kill", point, MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db"))
 
 
 @pytest.mark.parametrize("point", STORAGE_POINTS)
-def test_a_worker_killed_at_a_point_leaves_nothing_on_postgresql(tmp_path: Path, point: str, services: dict) -> None:
+def test_a_worker_killed_at_a_point_leaves_nothing_on_postgresql(
+    tmp_path: Path, point: str, services: dict, train_py, monkeypatch: pytest.MonkeyPatch
+) -> None:
     study = f"kill-{point}"
     env = subprocess_env(MLFLOW_TRACKING_URI=services["tracking_uri"])
-    killed_then_finished(tmp_path, services["storage_url"], study, point, env)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", services["tracking_uri"])  # for the later worker, in this process
+    killed_then_finished(tmp_path, services["storage_url"], study, point, env, train_py)
     check_nothing_left(tmp_path, services["storage_url"], study, point, MlflowClient(services["tracking_uri"]))
