@@ -21,7 +21,7 @@ from mlp.errors import UserError
 from mlp.sweep import front, protocol
 from mlp.sweep.settings import Plan
 from mlp.sweep.study import join
-from tests.helpers import CONF, ROOT, TINY, Sweep, run_sweep_py, run_train
+from tests.helpers import CONF, ROOT, TINY, Sweep, run_sweep_py
 from tests.web import browser, running_dashboard
 
 SCREENSHOT = ROOT / "outputs" / "browser" / "optuna_dashboard.png"  # docs/optuna_dashboard.png: a real study's
@@ -132,18 +132,18 @@ ENQUEUED = (
 
 @pytest.mark.slow
 def test_a_pareto_sweep_shows_its_front_and_moves_compact_only_by_the_rule(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, train_py
 ) -> None:
     s = Sweep(tmp_path, "pareto")
     args = [
         a.replace("hydra/sweeper=optuna", "hydra/sweeper=optuna_pareto") for a in s.args(3) if a != "data=synthetic"
     ]
-    done = run_train(
+    code, _, err = train_py(  # in process: the command line's own tests are test_sweep_inputs'
         *args, "trainer.device=cpu", "hydra.sweeper.objectives=[val_acc,params]", "model.num_layers=range(1,4)",
         "model.layer_size=choice(16,64)", "model.activation=choice(relu,sigmoid)",
-        "optimizer.lr=tag(log,interval(1e-5,1e-2))", ENQUEUED, cwd=tmp_path,
+        "optimizer.lr=tag(log,interval(1e-5,1e-2))", ENQUEUED,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert code == 0, err[-30:]
     study = optuna.load_study(study_name="pareto", storage=s.storage)
     assert [t.params["model.num_layers"] for t in study.trials] == [1, 2, 3]  # as enqueued
     assert [t.number for t in front.front(study)] == [1, 0]

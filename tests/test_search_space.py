@@ -168,22 +168,24 @@ def test_the_private_name_check_finds_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_configuration_the_study_has_is_not_run_again(tmp_path: Path) -> None:
-    """A real sweep over 2 configurations (every other key fixed), asked for 3 trials: each runs
-    once, proposals of a known configuration are skipped (FAIL), then the worker sees the space
-    exhausted and starts no repeat. (The worker's logic case by case, in process: tests/test_worker.py.)"""
+def test_a_configuration_the_study_has_is_not_run_again(tmp_path: Path, train_py) -> None:
+    """A real sweep (train.py in process) over 2 configurations (every other key fixed), asked for 3
+    trials: each runs once, proposals of a known configuration are skipped (FAIL), then the worker
+    sees the space exhausted and starts no repeat. (The worker's logic case by case, with scripted
+    jobs: tests/test_worker.py.)"""
 
     sweep = Sweep(tmp_path, study="tiny-space")
     space = ["model.num_layers=choice(2,3)", "model.layer_size=16", "model.activation=relu", "model.dropout=0.0",
              "optimizer.lr=0.002", "optimizer.weight_decay=0.01", "trainer.epochs=1", "data.max_rotation=0",
              "data.max_scale=0.0"]  # fmt: skip
-    done = sweep.run(3, *space)
+    code, out, err = train_py(*sweep.args(3, *space))
+    assert code == 0, err[-30:]
     trials = sweep.study_trials()
     ran = [t for t in trials if t.state.name == "COMPLETE"]
     assert sorted(t.params["model.num_layers"] for t in ran) == [2, 3]  # each configuration once, no repeat
     skipped = [t for t in trials if t not in ran]
     assert all(t.state.name == "FAIL" and t.user_attrs["failure_reason"].startswith("duplicate of") for t in skipped)
-    assert "every configuration of the search space has run: no new trial" in done.stdout + done.stderr
+    assert "every configuration of the search space has run: no new trial" in out + "\n".join(err)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.helpers import Sweep, run_sweep_py, run_train, winner_of
+from tests.helpers import Sweep, run_sweep_py, winner_of
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def test_one_parent_run_per_study_and_a_child_per_trial(swept: Sweep) -> None:
     assert parent.data.metrics["best/val_acc"] == max(t.value for t in trials)
 
 
-def test_the_winner_file_reproduces_the_best_trial(swept: Sweep) -> None:
+def test_the_winner_file_reproduces_the_best_trial(swept: Sweep, train_py) -> None:
     best = max(swept.study_trials(), key=lambda t: t.value)
     text = swept.best.read_text()
     assert text.startswith("# @package _global_") and winner_of(swept.best) == (swept.study, best.number)
@@ -50,11 +50,11 @@ def test_the_winner_file_reproduces_the_best_trial(swept: Sweep) -> None:
         section, name = key.split(".")
         assert values[section][name] == pytest.approx(value), key
 
-    done = run_train(
+    code, _, err = train_py(  # in process: the README's test reruns its smoke winner as a command
         f"model=best_{swept.study}", "data=synthetic", f"hydra.searchpath=[file://{swept.root}/conf]",
-        f"tracking.dir={swept.mlruns}", "tracking.log_model=false", f"hydra.run.dir={swept.root}/rerun", cwd=swept.root,
+        f"tracking.dir={swept.mlruns}", "tracking.log_model=false", f"hydra.run.dir={swept.root}/rerun",
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert code == 0, err[-30:]
     rerun = [r for r in swept.runs("parent") if "sweep.role" not in r.data.tags]
     assert len(rerun) == 1
     assert rerun[0].data.metrics["val/acc"] == best.value  # the same, to every digit
