@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
@@ -24,6 +25,7 @@ from mlp.run import winner_files
 from mlp.sweep import export, report, settings
 from mlp.sweep.finish import finish
 from mlp.sweep.settings import Plan
+from mlp.sweep.storage import open_storage
 from mlp.sweep.study import join
 from tests.helpers import CONF, TINY, Sweep, compose_cfg, run_sweep_py, seed_store
 
@@ -428,3 +430,16 @@ def test_a_winner_file_that_cannot_be_written_ends_the_parent_failed(opened, tmp
     with pytest.raises(UserError, match=f"cannot write {best}: it is a folder"):
         finish(joined, plan, "FINISHED")
     assert joined.client.get_run(joined.parent_id).info.status == "FAILED"
+
+
+def test_a_sqlite_storage_takes_the_write_lock_as_a_transaction_begins(tmp_path: Path) -> None:
+    """Two workers cannot both read the same waiting trial as WAITING and both claim it: a
+    transaction that only reads, so far, already holds the file's write lock."""
+    storage = open_storage(f"sqlite:///{tmp_path}/optuna.db")
+    with storage.engine.begin() as reading:
+        reading.execute(sqlalchemy.text("SELECT count(*) FROM trials"))
+        other = sqlite3.connect(tmp_path / "optuna.db", timeout=0, isolation_level=None)
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            other.execute("BEGIN IMMEDIATE")  # another worker's claim waits for this one
+        other.close()
+    optuna.create_study(storage=storage, study_name="after")  # and Optuna works through it as before

@@ -85,7 +85,10 @@ def open_storage(url: str, **heartbeat: Any) -> optuna.storages.RDBStorage:
     for attempt in range(CREATION_ATTEMPTS):
         try:
             with sqlite_creation_lock(url):
-                return optuna.storages.RDBStorage(url, **kwargs, **heartbeat)
+                storage = optuna.storages.RDBStorage(url, **kwargs, **heartbeat)
+            if sqlite_file(url) is not None:
+                write_lock_first(storage.engine)
+            return storage
         except sqlalchemy.exc.SQLAlchemyError as e:
             if attempt == CREATION_ATTEMPTS - 1 or not any(s in str(e) for s in ("already exists", "duplicate key")):
                 raise
@@ -94,3 +97,20 @@ def open_storage(url: str, **heartbeat: Any) -> optuna.storages.RDBStorage:
 
 
 CREATION_ATTEMPTS = 5
+
+
+def write_lock_first(engine: sqlalchemy.engine.Engine) -> None:
+    """Every transaction on a SQLite storage takes the file's write lock as it begins (BEGIN
+    IMMEDIATE, SQLAlchemy's recipe for pysqlite). SQLite has no SELECT ... FOR UPDATE: two workers
+    could both read a waiting trial (the base config, a retry) as WAITING, then both set it RUNNING
+    and run it; read and claim are now one step, as on PostgreSQL."""
+
+    @sqlalchemy.event.listens_for(engine, "connect")
+    def no_implicit_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # the driver's own BEGIN (before writes only) off
+
+    @sqlalchemy.event.listens_for(engine, "begin")
+    def begin_immediate(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # the connections made before these hooks
