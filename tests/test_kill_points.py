@@ -18,10 +18,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mlp.run.winner_files import winner_record
 from mlp.sweep import protocol
 from mlp.sweep.kill_points import KILL_AT, POINTS
-from tests.helpers import ROOT, seed_store, subprocess_env
+from tests.helpers import ROOT, seed_store, subprocess_env, winner_of
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +72,7 @@ def check_nothing_left(root: Path, storage: str, study_name: str, point: str, cl
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     (parent,) = [r for r in runs if r.data.tags.get(protocol.TAG_ROLE) == "parent"]
     assert parent.info.status == "FINISHED"
-    recorded = winner_record(root / "best.yaml")
-    assert (recorded.study, recorded.trial) == (study_name, study.best_trial.number)  # whole, and the best
+    assert winner_of(root / "best.yaml") == (study_name, study.best_trial.number)  # whole, and the best
 
 
 @pytest.mark.parametrize("point", POINTS)

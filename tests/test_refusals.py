@@ -8,7 +8,6 @@ repository changes, the shipped conf/model/best.yaml included."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import subprocess
@@ -33,17 +32,14 @@ from mlp.sweep import protocol, report
 from mlp.sweep.settings import Plan
 from mlp.sweep.study import join
 from mlp.sweep.worker import Worker
-from tests.helpers import ROOT, compose_cfg, seed_store, subprocess_env
+from tests.helpers import ROOT, compose_cfg, run_sweep_py, seed_store, subprocess_env
 from tests.scripted import Job, ScriptedLauncher
 from tests.test_run_inputs import small_disk
-from tests.test_sweep_inputs import run_sweep_py, sweeper_cfg
+from tests.test_sweep_inputs import sha256 as digest
+from tests.test_sweep_inputs import sweeper_cfg
 from tests.web import free_port
 
 SHIPPED = ROOT / "conf" / "model" / "best.yaml"
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -222,7 +218,7 @@ def test_an_invalid_choice_stops_the_sweep_before_anything_is_written(train_py, 
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no study, no MLflow store, no sweep folder
 
 
-def test_a_sweep_in_a_dict_of_params_is_one_line_naming_the_way(train_py, tmp_path: Path) -> None:
+def test_a_sweep_in_a_dict_of_params_is_one_line_naming_the_way(train_py) -> None:
     code, _, err = train_py("-m", "hydra/sweeper=optuna", "hydra.sweeper.params={model.dropout:interval(0,0.3)}")
     assert code == 2 and err == [
         "error: hydra.sweeper.params: model.dropout: a sweep (interval) cannot be a value inside a mapping on the "
@@ -370,7 +366,7 @@ def test_a_new_tracking_store_cut_short_by_a_full_disk_is_not_left_half_made(
     """MLflow creates its tables (about 1 MB) in a store's first access; cut short, the half-made
     file made every later run fail with "table spans already exists"."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    disk, fill = full_disk
+    disk, _ = full_disk
     with open(disk / "filler", "wb") as f:
         f.write(b"\0" * (1800 * 1024))  # 2 MB less what MLflow's tables need
     tracking_cfg = OmegaConf.create({"uri": None, "dir": str(disk / "mlruns"), "experiment": "mnist-mlp"})
@@ -500,20 +496,20 @@ def test_a_killed_workers_joblib_processes_end_with_it(tmp_path: Path) -> None:
         f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", f"tracking.dir={tmp_path}/mlruns",
         f"hydra.sweep.dir={tmp_path}/multirun",
     ]  # fmt: skip
-    worker = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=subprocess_env(),
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=subprocess_env(),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        process, runs = psutil.Process(worker.pid), tmp_path / "multirun"
+        process, runs = psutil.Process(proc.pid), tmp_path / "multirun"
         deadline = time.monotonic() + 120
         while len(list(runs.glob("*/.hydra/config.yaml"))) < 2:  # both jobs under way in joblib's processes
-            assert time.monotonic() < deadline and worker.poll() is None, "the jobs did not start"
+            assert time.monotonic() < deadline and proc.poll() is None, "the jobs did not start"
             time.sleep(0.2)
         jobs = [p for p in process.children() if "popen_loky_posix" in " ".join(p.cmdline())]
         left = process.children(recursive=True)  # joblib's processes and its resource trackers
     finally:
-        worker.kill()
-        worker.wait()
-    gone, alive = psutil.wait_procs(left, timeout=15)
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(left, timeout=15)
     for p in alive:  # a failure leaves nothing behind either
         p.kill()
     assert [p.cmdline() for p in alive] == [] and len(jobs) == 2

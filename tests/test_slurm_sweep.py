@@ -17,8 +17,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlp.sweep import protocol
-from tests.helpers import ROOT, subprocess_env
-from tests.test_slurm import job_state
+from tests.helpers import ROOT
+from tests.test_slurm import env_of, job_state
 
 pytestmark = pytest.mark.slow
 
@@ -32,8 +32,7 @@ def documented_command() -> list[str]:
 
 
 def test_the_documented_slurm_sweep_with_two_workers(tmp_path: Path, slurm_cluster: dict, services: dict) -> None:
-    env = subprocess_env(SLURM_CONF=slurm_cluster["SLURM_CONF"], MLFLOW_TRACKING_URI=services["tracking_uri"],
-                         PYTHONPATH=str(ROOT))  # fmt: skip
+    env = env_of(slurm_cluster, MLFLOW_TRACKING_URI=services["tracking_uri"])
     documented = documented_command()
     assert "hydra.sweeper.storage=$OPTUNA_STORAGE" in documented  # as scripts/services.py start exports it
     study, workers = "slurm-e2e", []
