@@ -189,13 +189,14 @@ class Worker:
         self.endings.put((number, ending))
 
     def stop_in_flight(self, error: BaseException) -> None:
-        """The trials in flight end (KILLED when interrupted), their jobs stop (this process's
-        children with joblib and submitit_local)."""
+        """The trials in flight stop: their jobs first (this process's children with joblib and
+        submitit_local; a job still starting would set its run RUNNING again), then the trials end
+        (KILLED when interrupted)."""
+        processes.stop(processes.job_processes(spared=self.not_jobs))
         interrupted = isinstance(error, KeyboardInterrupt)
         reason = "interrupted" if interrupted else f"the worker failed: {first_line(error)}"
         for flight in list(self.in_flight.values()):
             self.end_trial(flight, reason, killed=interrupted)
-        processes.stop(processes.job_processes(spared=self.not_jobs))
 
     def trial_ids_in_flight(self) -> list[int]:
         with self.in_flight_lock:
