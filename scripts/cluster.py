@@ -90,10 +90,11 @@ def install() -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise NotInstalled("SLURM is not installed: run `apt-get install -y slurm-wlm munge` as root (Debian/Ubuntu)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "slurm-wlm", "munge"]):
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
+    apt = ["flock", "/tmp/mlp-apt.lock", "apt-get", "-o", "DPkg::Lock::Timeout=600"]  # one apt-get at a time
+    for command in (["update", "-qq"], ["install", "-y", "-qq", "slurm-wlm", "munge"]):
+        done = subprocess.run([*apt, *command], env=env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise NotInstalled(f"`{' '.join(command)}` failed: {(done.stderr or done.stdout).strip()[-300:]}")
+            raise NotInstalled(f"`apt-get {' '.join(command)}` failed: {(done.stderr or done.stdout).strip()[-300:]}")
 
 
 def node_line(cpus: int | None) -> str:
