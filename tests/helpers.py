@@ -12,6 +12,9 @@ Sweep(tmp_path, study)          # one temporary sweep set-up: storage, tracking 
 seed_store(mlruns, empty_store)  # a copy of an empty MLflow store (conftest's empty_store) in mlruns/
 run_sweep_py(capsys, *args)     # ``python sweep.py ARGS`` in process: (exit status, stdout, stderr)
 winner_of(path)                 # (study, trial) that a winner file holds, or None
+
+A process of its own (to kill, or to run beside others) that starts with torch, MLflow, Hydra and
+Optuna already imported: tests/forked.py (``forked.run``, ``forked.start``; Sweep.run uses it).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from omegaconf import DictConfig
 import mlp.run.config  # noqa: F401 - registers the schema
 import sweep as sweep_py
 from mlp.run.winner_files import winner_record
+from tests import forked
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = str(ROOT / "conf")
@@ -81,7 +85,8 @@ class Sweep:
         ]  # fmt: skip
 
     def run(self, n_trials: int, *extra: str) -> subprocess.CompletedProcess:
-        done = run_train(*self.args(n_trials, *extra), cwd=self.root)
+        """The sweep, a process of its own (tests/forked.py: its libraries already imported)."""
+        done = forked.run(ROOT / "train.py", self.args(n_trials, *extra), cwd=self.root, env=subprocess_env())
         assert done.returncode == 0, done.stderr[-3000:]
         return done
 
@@ -99,8 +104,7 @@ class Sweep:
 
     def sweep_py(self, *args: str) -> subprocess.CompletedProcess:
         env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{self.mlruns}/mlflow.db")
-        return subprocess.run([sys.executable, str(ROOT / "sweep.py"), *args, "--storage", self.storage],
-                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        return forked.run(ROOT / "sweep.py", [*args, "--storage", self.storage], cwd=Path.cwd(), env=env, timeout=120)
 
 
 def seed_store(mlruns: Path, empty_store: Path) -> Path:

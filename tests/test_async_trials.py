@@ -5,14 +5,13 @@ their jobs (the worker's logic in process: tests/test_worker.py)."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from mlp import processes
+from tests import forked
 from tests.helpers import ROOT, Sweep, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -23,8 +22,7 @@ def test_sigterm_ends_the_trials_in_flight_and_stops_their_jobs(tmp_path: Path) 
     args = sweep.args(
         4, "trainer.epochs=300", "hydra/sweeper/pruner=none", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"
     )
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = forked.start(ROOT / "train.py", args, cwd=tmp_path, env=subprocess_env())
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not all((tmp_path / "multirun" / n / ".hydra").exists() for n in "01"):
         assert proc.poll() is None, proc.communicate()[1][-3000:]

@@ -4,21 +4,20 @@ end to end and print their figures. The figures themselves are measured by hand 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests import forked
 from tests.helpers import ROOT, subprocess_env
 
 pytestmark = pytest.mark.slow
 
 
 def benchmark(script: str, *args: str) -> str:
-    """``python benchmarks/SCRIPT ARGS`` as a user runs it; its output, once it ended well."""
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args],
-                          capture_output=True, text=True, env=subprocess_env(), timeout=600)  # fmt: skip
+    """``python benchmarks/SCRIPT ARGS`` (a process of its own, its libraries imported: tests/forked.py);
+    its output, once it ended well."""
+    done = forked.run(ROOT / "benchmarks" / script, list(args), cwd=ROOT, env=subprocess_env(), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 

@@ -10,8 +10,6 @@ clearing-up reads what those hold (STORAGE_POINTS)."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -20,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from mlp.sweep import protocol
 from mlp.sweep.kill_points import KILL_AT, POINTS
+from tests import forked
 from tests.helpers import ROOT, seed_store, subprocess_env, winner_of
 
 pytestmark = pytest.mark.slow
@@ -46,10 +45,7 @@ def killed_then_finished(root: Path, storage: str, study: str, point: str, env: 
     """The first worker, a process of its own, dies at ``point`` (its second trial is the first the
     sampler proposes: the first is the base config, enqueued); a later worker of one trial finishes
     the study (in this process: what it clears up is the point, not its start-up)."""
-    first = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *worker_args(root, storage, study, 2)],
-        cwd=root, env={**env, KILL_AT: point}, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    first = forked.run(ROOT / "train.py", worker_args(root, storage, study, 2), cwd=root, env={**env, KILL_AT: point})
     assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
     code, _, err = train_py(*worker_args(root, storage, study, 1))
     assert code == 0, err[-30:]

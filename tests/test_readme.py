@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from mlp.cli import one_line
 from mlp.run.config import validate
+from tests import forked
 from tests.helpers import CONF, ROOT, subprocess_env
 
 COMMAND = re.compile(r"^\s+(\$ )?(?:\.venv/bin/)?python train\.py(.*)$")
@@ -110,12 +111,24 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest
 
 
+def user_env(clone: Path) -> dict[str, str]:
+    """The virtualenv first on PATH (as after `source .venv/bin/activate`), no settings of ours."""
+    path = f"{clone / '.venv' / 'bin'}:{os.environ['PATH']}"
+    return subprocess_env(PATH=path, OPTUNA_STORAGE=f"sqlite:///{clone}/mlruns/optuna.db")
+
+
 def shell(clone: Path, command: str) -> subprocess.CompletedProcess:
-    """``command`` in bash in the clone, the virtualenv first on PATH (as after `source .venv/bin/activate`)."""
-    env = subprocess_env(
-        PATH=f"{clone / '.venv' / 'bin'}:{os.environ['PATH']}", OPTUNA_STORAGE=f"sqlite:///{clone}/mlruns/optuna.db"
-    )
-    return subprocess.run(["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    """``command`` in bash in the clone: a shell's pipes and flags, with Python's start-up as typed."""
+    return subprocess.run(["bash", "-c", command], cwd=clone, env=user_env(clone), capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+
+
+def typed(clone: Path, line: str) -> subprocess.CompletedProcess:
+    """A line ``python SCRIPT ARGS`` run in the clone with its words as typed, a process of its own
+    whose libraries are already imported (tests/forked.py): what it does, not how Python starts."""
+    python, script, *args = shlex.split(line)
+    assert python == "python", line
+    return forked.run(clone / script, args, cwd=clone, env=user_env(clone))
 
 
 @pytest.mark.slow
@@ -123,15 +136,15 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
     sweep_lines = [line for line in readme_lines(SWEEP_PY) if " shared " not in line]  # shared: the PostgreSQL try-out
     assert len(sweep_lines) >= 6 and any("--top 10" in line for line in sweep_lines)
 
-    before = shell(clone, "python sweep.py leaderboard --top 10")  # no sweep yet: one line naming what is there
+    before = typed(clone, "python sweep.py leaderboard --top 10")  # no sweep yet: one line naming what is there
     assert before.returncode == 2 and before.stderr.count("\n") == 1 and "run a sweep first" in before.stderr
 
     smokes = readme_lines(SMOKE)  # the default sweep's, and the multi-objective one's (smoke-pareto)
     assert len(smokes) == 2 and any("optuna_pareto" in line for line in smokes)
     for smoke in smokes:
-        assert shell(clone, smoke).returncode == 0, smoke
+        assert typed(clone, smoke).returncode == 0, smoke
     # Its winner file selects the smoke trial's data (synthetic) and split: the rerun scores the same, to every digit.
-    rerun = shell(clone, "python train.py model=best_smoke")
+    rerun = typed(clone, "python train.py model=best_smoke")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     smoke_best = optuna.load_study(study_name="smoke", storage=f"sqlite:///{clone}/mlruns/optuna.db").best_value
     client = MlflowClient(f"sqlite:///{clone}/mlruns/mlflow.db")
@@ -140,7 +153,7 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
     assert single.data.params["data.name"] == "synthetic"
     assert single.data.metrics["val/acc"] == smoke_best
     # the default sweep (README: `python train.py -m hydra/sweeper=optuna`) with synthetic data added, 3 short trials
-    default = shell(
+    default = typed(
         clone,
         "python train.py -m hydra/sweeper=optuna data=synthetic trainer.epochs=1 hydra.sweeper.n_trials=3 "
         "hydra.sweeper.study_name=mnist-mlp",
@@ -151,7 +164,7 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
 
     said = {}  # each line's result, for what is checked after the loop
     for line in sweep_lines:
-        done = said[line] = shell(clone, line)
+        done = said[line] = typed(clone, line)
         if line == "python sweep.py export":  # mnist-mlp's best here is a synthetic trial: the shipped winner stays
             assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
             kept = f"error: {clone}/conf/model/best.yaml is kept: it holds trial 1 of study mnist-frontier, which "

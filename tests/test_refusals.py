@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,6 +31,7 @@ from mlp.sweep import protocol, report
 from mlp.sweep.settings import Plan
 from mlp.sweep.study import join
 from mlp.sweep.worker import Worker
+from tests import forked
 from tests.helpers import ROOT, compose_cfg, run_sweep_py, seed_store, subprocess_env
 from tests.scripted import Job, ScriptedLauncher
 from tests.test_run_inputs import small_disk
@@ -496,8 +496,7 @@ def test_a_killed_workers_joblib_processes_end_with_it(tmp_path: Path) -> None:
         f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", f"tracking.dir={tmp_path}/mlruns",
         f"hydra.sweep.dir={tmp_path}/multirun",
     ]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=subprocess_env(),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = forked.start(ROOT / "train.py", args, cwd=tmp_path, env=subprocess_env())
     try:
         process, runs = psutil.Process(proc.pid), tmp_path / "multirun"
         deadline = time.monotonic() + 120

@@ -16,7 +16,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 
 from mlp.errors import UserError
 from mlp.sweep import protocol
+from tests import forked
 from tests.helpers import ROOT, Sweep, subprocess_env
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ POLL, RESULT_WAIT, KILL_WAIT = 0.5, 1.0, 2.0  # hydra.launcher.poll_s, result_wa
 NOTICED = POLL + RESULT_WAIT  # a job SLURM ended is told FAIL within this (plus the storage's and MLflow's writes)
 SLACK = 5.0  # seconds for this machine's load (2 cores shared by the whole test suite)
 TIME_LIMIT = 60  # timeout_min=1; SLURM checks limits every 30 s and then waits KillWait
-STARTED: list[subprocess.Popen] = []  # the workers the tests started
+STARTED: list[forked.Forked] = []  # the workers the tests started
 
 
 def env_of(cluster: dict, **extra: str) -> dict[str, str]:
@@ -51,15 +51,15 @@ def held(root: Path) -> str:
     return f'hydra.launcher.setup=["{line}"]'
 
 
-def start_worker(sweep: Sweep, cluster: dict, n_trials: int, *extra: str, name: str = "worker") -> subprocess.Popen:
+def start_worker(sweep: Sweep, cluster: dict, n_trials: int, *extra: str, name: str = "worker") -> forked.Forked:
     args = sweep.args(
         n_trials, "hydra/launcher=slurm_cpu", f"hydra.launcher.poll_s={POLL}",
         f"hydra.launcher.result_wait_s={RESULT_WAIT}", "hydra.sweeper.heartbeat_interval=1",
         "hydra.sweeper.grace_period=3", "hydra.sweeper.max_retry=1", held(sweep.root), *extra,
     )  # fmt: skip
-    log = open(sweep.root / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
-    train = [sys.executable, str(ROOT / "train.py"), *args]
-    STARTED.append(subprocess.Popen(train, cwd=sweep.root, env=env_of(cluster), stdout=log, stderr=subprocess.STDOUT))
+    STARTED.append(
+        forked.start(ROOT / "train.py", args, cwd=sweep.root, env=env_of(cluster), log=sweep.root / f"{name}.log")
+    )
     return STARTED[-1]
 
 
@@ -73,7 +73,7 @@ def no_worker_left() -> Iterator[None]:
             worker.kill()
 
 
-def finished(worker: subprocess.Popen, sweep: Sweep, name: str = "worker", timeout: float = 240) -> str:
+def finished(worker: forked.Forked, sweep: Sweep, name: str = "worker", timeout: float = 240) -> str:
     """Wait for the worker; its log, where sacct is named at most once (here: never)."""
     code = worker.wait(timeout=timeout)
     log = (sweep.root / f"{name}.log").read_text()
@@ -243,8 +243,7 @@ def test_a_job_sbatch_refuses_stops_the_sweep_in_one_line(tmp_path: Path, slurm_
     neither the trial nor the parent run is left RUNNING."""
     sweep = Sweep(tmp_path)
     args = sweep.args(1, "hydra/launcher=slurm", "hydra.launcher.mem_gb=1")
-    done = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env_of(slurm_cluster),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = forked.run(ROOT / "train.py", args, cwd=tmp_path, env=env_of(slurm_cluster), timeout=120)
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()  # stderr holds that line only
     assert line.startswith("error: sbatch refused the trial's job: Invalid generic resource (gres) specification")

@@ -8,8 +8,6 @@ accounting). Synthetic data and 1 epoch instead of the docs' MNIST and 2 epochs:
 from __future__ import annotations
 
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -17,6 +15,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlp.sweep import protocol
+from tests import forked
 from tests.helpers import ROOT
 from tests.test_slurm import env_of, job_state
 
@@ -44,9 +43,7 @@ def test_the_documented_slurm_sweep_with_two_workers(tmp_path: Path, slurm_clust
         ]  # fmt: skip
         replaced = {o.split("=")[0] for o in test_only}
         args = [w for w in documented if w.split("=")[0] not in replaced] + test_only
-        log = open(tmp_path / f"worker{i}.log", "w")  # noqa: SIM115 - closed with the process
-        command = [sys.executable, str(ROOT / "train.py"), *args]
-        workers.append(subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT))
+        workers.append(forked.start(ROOT / "train.py", args, cwd=tmp_path, env=env, log=tmp_path / f"worker{i}.log"))
     for i, worker in enumerate(workers):
         log = (tmp_path / f"worker{i}.log").read_text()
         assert worker.wait(timeout=300) == 0, log[-3000:]

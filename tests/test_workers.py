@@ -13,7 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlp.sweep.storage import open_storage
+from tests import forked
 from tests.helpers import ROOT, subprocess_env, winner_of
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 TRIALS_PER_WORKER = 2
 
 
-def worker(root: Path, storage: str, index: int, env: dict[str, str]) -> subprocess.Popen:
+def worker(root: Path, storage: str, index: int, env: dict[str, str]) -> forked.Forked:
     args = [
         "-m", "hydra/sweeper=optuna", "hydra/sweeper/pruner=none", "data=synthetic", "trainer.epochs=1",
         "trainer.threads=1", f"hydra.sweeper.n_trials={TRIALS_PER_WORKER}", "hydra.sweeper.study_name=workers",
@@ -37,11 +37,10 @@ def worker(root: Path, storage: str, index: int, env: dict[str, str]) -> subproc
         f"hydra.sweeper.best_config={root}/best_workers.yaml", "hydra.sweeper.heartbeat_interval=1",
         "hydra.sweeper.grace_period=3", f"tracking.dir={root}/mlruns", f"hydra.sweep.dir={root}/multirun/{index}",
     ]  # fmt: skip
-    log = open(root / f"worker{index}.log", "w")  # noqa: SIM115 - closed with the process
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=root, env=env, stdout=log, stderr=log)
+    return forked.start(ROOT / "train.py", args, cwd=root, env=env, log=root / f"worker{index}.log")
 
 
-def kill_mid_trial(victim: subprocess.Popen, storage: str, timeout: float = 120) -> int:
+def kill_mid_trial(victim: forked.Forked, storage: str, timeout: float = 120) -> int:
     """SIGKILL ``victim`` while one of its trials runs; that trial's number."""
     deadline = time.monotonic() + timeout
     rdb = open_storage(storage)  # one pool for the whole wait; never creates a new SQLite file's tables at once
