@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 LOCAL, SERVERS = "127.0.0.1", Path("/usr/lib/postgresql")
+APT = ["flock", "/tmp/mlp-apt.lock", "apt-get", "-o", "DPkg::Lock::Timeout=600"]  # one apt-get at a time, ours or not
 
 
 class ServiceError(RuntimeError):
@@ -37,9 +38,8 @@ def pg(*cmd: str, base: Path, check: bool = True) -> subprocess.CompletedProcess
 def pg_version() -> str:
     """The newest PostgreSQL server installed; as root, apt-get installs one when there is none."""
     if os.geteuid() == 0 and not list(SERVERS.glob("*/bin/initdb")):
-        apt = ["flock", "/tmp/mlp-apt.lock", "apt-get", "-o", "DPkg::Lock::Timeout=600"]  # one apt-get at a time
         for cmd in (["update"], ["install", "-y", "postgresql"]):  # output to stderr
-            subprocess.run([*apt, *cmd], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=2, check=False)
+            subprocess.run([*APT, *cmd], env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"}, stdout=2, check=False)
     if not (found := [p.parts[-3] for p in SERVERS.glob("*/bin/initdb")]) or not shutil.which("pg_createcluster"):
         raise ServiceError("PostgreSQL (with Debian's postgresql-common) is missing: apt-get install -y postgresql")
     return max(found, key=float)

@@ -27,6 +27,8 @@ import threading
 from pathlib import Path
 
 PRELOAD = ["torch", "torch._dynamo", "torchvision", "mlflow", "hydra", "optuna", "matplotlib.pyplot", "tests.forked"]
+FORKSERVER = multiprocessing.get_context("forkserver")
+FORKSERVER.set_forkserver_preload(PRELOAD)  # the server itself starts with the first process
 
 
 def _main(script: str, args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
@@ -64,14 +66,12 @@ class Forked:
     """One such process; its stdout and stderr (text) once it has ended, or both in ``log``."""
 
     def __init__(self, script: Path, args: list[str], cwd: Path, env: dict[str, str], log: Path | None = None):
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(PRELOAD)
         self.folder = Path(tempfile.mkdtemp(prefix="forked-"))
         self.out, self.err = (log, log) if log else (self.folder / "stdout", self.folder / "stderr")
         for path in {self.out, self.err}:
             path.write_text("")  # there from the start, as the files a shell redirects to
         self.args = [str(script), *args]
-        self.process = context.Process(
+        self.process = FORKSERVER.Process(
             target=_main, args=(str(script), args, str(cwd), env, str(self.out), str(self.err))
         )
         self.process.start()

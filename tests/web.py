@@ -23,6 +23,7 @@ from typing import IO
 import pytest
 import requests
 
+from scripts.services import APT
 from tests.helpers import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
@@ -103,12 +104,11 @@ def ensure_chromium() -> str:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip(f"no {CHROMIUM}: run `sudo apt-get install -y chromium`")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    # One apt-get at a time: on a fresh machine the test workers install PostgreSQL, SLURM and Chromium at once.
-    apt = ["flock", "/tmp/mlp-apt.lock", "apt-get", "-o", "DPkg::Lock::Timeout=600"]
     install = ["install", "-y", "chromium"]
     for cmd in (install, ["update"], install):  # update only when the first install fails
         print(f"{CHROMIUM} missing: running apt-get {' '.join(cmd)}", file=sys.stderr)
-        done = subprocess.run([*apt, *cmd], env=env, stdout=2, stderr=2, stdin=subprocess.DEVNULL)
+        # APT: one at a time; on a fresh machine the test workers install PostgreSQL, SLURM and Chromium at once
+        done = subprocess.run([*APT, *cmd], env=env, stdout=2, stderr=2, stdin=subprocess.DEVNULL)
         if cmd is install and done.returncode == 0 and os.path.exists(CHROMIUM):
             return CHROMIUM
     pytest.fail("`apt-get install -y chromium` did not provide /usr/bin/chromium (see its output above)")
