@@ -170,6 +170,7 @@ def web_app(champion: dict) -> Iterator[str]:
 SHARED = ("champion", "services", "slurm_cluster")  # session fixtures made once per worker
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into the test ids
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (`make test` runs workers with --dist loadgroup) a test goes to whichever
     worker is free, except where a fixture is made once per worker: the tests that read the

@@ -246,8 +246,9 @@ def test_ctrl_c_with_trials_in_flight_ends_them_all_and_stops_their_jobs(
     sweep: Sweep, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each job starts a process (as joblib's and submitit's do) and runs on; Ctrl-C reaches the
-    worker's thread while both run."""
+    worker's thread while both run (Python's own SIGINT handler: a shell's `&` leaves it ignored)."""
     monkeypatch.setattr("os.cpu_count", lambda: 2)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     spawned: list[subprocess.Popen] = []
     done = threading.Event()
 
@@ -263,6 +264,7 @@ def test_ctrl_c_with_trials_in_flight_ends_them_all_and_stops_their_jobs(
             run_in_process(sweep, job, 4, *PARALLEL)
     finally:
         done.set()
+        signal.signal(signal.SIGINT, previous)
     assert [p.wait(timeout=10) for p in spawned] == [-signal.SIGTERM] * 2  # stopped, not left running
     trials = sweep.study_trials()
     assert [(t.state.name, t.user_attrs[protocol.ATTR_FAILURE]) for t in trials] == [("FAIL", "interrupted")] * 2

@@ -136,12 +136,12 @@ class Worker:
                 deadline = time.monotonic() + patience
                 continue
             others = self.count(RUNNING, others=True)
+            if others and not told_why:  # said before the deadline is checked: a slow storage may pass it at once
+                log.info("waiting up to %.0f s for %d trial(s) of other workers (a dead worker's are retried here)",
+                         max(0.0, deadline - time.monotonic()), others)  # fmt: skip
+                told_why = True
             if not others or time.monotonic() > deadline:
                 return
-            if not told_why:
-                log.info("waiting up to %.0f s for %d trial(s) of other workers (a dead worker's are retried here)",
-                         deadline - time.monotonic(), others)  # fmt: skip
-                told_why = True
             time.sleep(min(self.plan.heartbeat_interval, 2.0))
 
     def count(self, *states: optuna.trial.TrialState, others: bool = False) -> int:
