@@ -167,7 +167,8 @@ def web_app(champion: dict) -> Iterator[str]:
         yield url
 
 
-SHARED = ("champion", "services", "slurm_cluster")  # session fixtures made once per worker
+# Session fixtures made once per worker, by group: the SLURM tests of the shared sweep use both servers and cluster.
+SHARED = {"champion": "champion", "services": "servers", "slurm_cluster": "servers"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's, which reads the groups into the test ids
@@ -175,7 +176,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist (`make test` runs workers with --dist loadgroup) a test goes to whichever
     worker is free, except where a fixture is made once per worker: the tests that read the
     session's champion model all run on one worker (trained once), so do those of the PostgreSQL
-    server and mlflow server (``services``) and of the SLURM cluster (each started once), and a
+    server and mlflow server (``services``) and of the SLURM cluster (both started once), and a
     module's tests where it has a module fixture. Groups start first, then the other slow tests,
     so that nothing long starts last while the other workers are idle."""
     rank = {}
@@ -183,7 +184,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = getattr(item, "fixturenames", ())
         defs = getattr(item, "_fixtureinfo", None)
         scoped = defs is not None and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values())
-        group = next((n for n in SHARED if n in names), item.module.__name__ if scoped else None)
+        group = next((g for n, g in SHARED.items() if n in names), item.module.__name__ if scoped else None)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
         rank[item] = 0 if group else 1 if item.get_closest_marker("slow") else 2

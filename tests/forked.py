@@ -4,6 +4,7 @@
 proc = start(ROOT / "train.py", args, cwd=root, env=env)  # like subprocess.Popen: pid, poll(), wait(timeout),
                                                             # send_signal(sig), communicate(timeout), returncode
 done = run(ROOT / "train.py", args, cwd=root, env=env)    # like subprocess.run(capture_output=True, text=True)
+server = start("-m", ["mlp.serve", ...], cwd=ROOT, env=env, log=path)  # `python -m MODULE ARGS`
 
 The process is forked from a server that imported torch, MLflow, Hydra and Optuna once per test
 process (multiprocessing's forkserver, with preloaded modules): a real process with a pid, signals,
@@ -26,7 +27,11 @@ import tempfile
 import threading
 from pathlib import Path
 
-PRELOAD = ["torch", "torch._dynamo", "torchvision", "mlflow", "hydra", "optuna", "matplotlib.pyplot", "tests.forked"]
+PRELOAD = [
+    *("torch", "torch._dynamo", "torchvision", "mlflow", "hydra", "optuna", "matplotlib.pyplot", "tests.forked"),
+    # what the project's SQLite stores load: 0.8 s of each process's imports otherwise
+    *("mlflow.store.tracking.sqlalchemy_store", "optuna.storages._rdb.storage", "alembic.command", "pygments.lexers"),
+]
 FORKSERVER = multiprocessing.get_context("forkserver")
 FORKSERVER.set_forkserver_preload(PRELOAD)  # the server itself starts with the first process
 
@@ -41,11 +46,15 @@ def _main(script: str, args: list[str], cwd: str, env: dict[str, str], out: str,
         file = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         os.dup2(file, fd)
         os.close(file)
-    sys.argv = [script, *args]
-    sys.path.insert(0, str(Path(script).parent))
+    module = args[0] if script == "-m" else None
+    sys.argv = [script, *args] if module is None else [module, *args[1:]]  # runpy names the module's file
+    sys.path.insert(0, cwd if module else str(Path(script).parent))
     code = 0
     try:
-        runpy.run_path(script, run_name="__main__")
+        if module is None:
+            runpy.run_path(script, run_name="__main__")
+        else:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as e:  # as the interpreter reports it
         code = e.code if isinstance(e.code, int) else int(e.code is not None)
         if isinstance(e.code, str):

@@ -1,5 +1,6 @@
 """`python predict.py IMAGE ...` as a user runs it: photos of digits read by the registered
-champion, bad files named with their reason, the 28x28 images saved on request."""
+champion, bad files named with their reason, the 28x28 images saved on request. Its processes are
+forked with their libraries loaded (tests/forked.py); the set-up error runs as typed."""
 
 from __future__ import annotations
 
@@ -14,10 +15,14 @@ import pytest
 from PIL import Image
 
 import predict as predict_py
+from tests import forked
 from tests.helpers import ROOT, subprocess_env
 
 
-def predict(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+def predict(*args: str, env: dict[str, str], cwd: Path, real: bool = False) -> subprocess.CompletedProcess:
+    """``python predict.py ARGS``: forked with its libraries loaded (tests/forked.py), or ``real``: as typed."""
+    if not real:
+        return forked.run(ROOT / "predict.py", list(args), cwd=cwd, env=env, timeout=120)
     return subprocess.run([sys.executable, str(ROOT / "predict.py"), *args], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
@@ -109,7 +114,7 @@ def test_an_unusable_save_input_folder_is_refused_before_any_image_is_read(
 def test_a_setup_error_is_status_2_and_one_line_in_a_real_process(tmp_path: Path) -> None:
     target = save_input_target(tmp_path, "a file")
     env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none/mlflow.db")
-    done = predict("missing.png", "--save-input", str(target), env=env, cwd=tmp_path)
+    done = predict("missing.png", "--save-input", str(target), env=env, cwd=tmp_path, real=True)
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1
     assert done.stderr.startswith(f"error: --save-input='{target}' is not accepted: expected a writable folder")
@@ -125,8 +130,7 @@ def test_the_readmes_example_runs_as_written(champion: dict) -> None:
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("$ python predict.py samples/"))
     command = lines[start].strip()[2:].split()
     shown = [line.strip() for line in lines[start + 1 : start + 5]]
-    done = subprocess.run([sys.executable, *command[1:]], env=champion["env"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = forked.run(ROOT / command[1], command[2:], cwd=ROOT, env=champion["env"])
     assert done.returncode == 1
     got = done.stdout.strip().splitlines() + done.stderr.strip().splitlines()
     pattern = re.compile(r"(\S+): (\d) \(\d+\.\d%\), runner-up \d \(\d+\.\d%\)")

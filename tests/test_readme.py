@@ -186,9 +186,9 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
 @pytest.mark.slow
 def test_readme_flags_and_help_run_as_written(clone: Path) -> None:
     for line in readme_lines(FLAGS):
-        done = shell(clone, line)
+        done = typed(clone, line)
         assert done.returncode == 0 and ("model:" in done.stdout or "== Configuration groups ==" in done.stdout), line
-    groups = shell(clone, "python train.py --help").stdout
+    groups = typed(clone, "python train.py --help").stdout
     assert "\noptimizer: adamw, sgd\n" in groups and "_schema" not in groups  # options only, not the typed schemas
     pruners = sorted(f.stem for f in (ROOT / "conf/hydra/sweeper/pruner").glob("*.yaml"))
     assert all(name in groups.split("== Configuration groups ==")[0] for name in pruners)  # the header names each

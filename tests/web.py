@@ -12,18 +12,20 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
 import requests
 
 from scripts.services import APT
+from tests import forked
 from tests.helpers import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
@@ -36,20 +38,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(env: dict[str, str], *args: str, log: IO[str] | None = None) -> Iterator[str]:
-    """``python -m mlp.serve`` on a free local port; yields its URL once /health answers (with or without a model).
-    The server's output goes to ``log`` (a file open for writing) when given."""
+def running_app(env: dict[str, str], *args: str, log: Path | None = None) -> Iterator[str]:
+    """``python -m mlp.serve`` on a free local port (a process forked with its libraries loaded:
+    tests/forked.py); yields its URL once /health answers (with or without a model). The server's
+    output goes to ``log`` when given."""
     port = free_port()
-    cmd = [sys.executable, "-m", "mlp.serve", "--port", str(port), *args]
-    out = log if log is not None else subprocess.PIPE
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_up(url, server, "the web app", lambda: server.communicate()[0] or "", answers=(200, 503))
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as folder:
+        log = log or Path(folder) / "app.log"
+        server = forked.start("-m", ["mlp.serve", "--port", str(port), *args], cwd=ROOT, env=env, log=log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until_up(url, server, "the web app", log.read_text, answers=(200, 503))
+            yield url
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
 
 
 def wait_until_up(url: str, server: subprocess.Popen, what: str, output: Callable[[], str],
