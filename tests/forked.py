@@ -11,8 +11,8 @@ process (multiprocessing's forkserver, with preloaded modules): a real process w
 exit status, stdout and stderr of its own, that a test can kill or run beside others, without the
 seconds of imports each `python train.py` pays (on 2 cores, 6-8 s of CPU). The project's own code
 is imported by the process itself, with its own environment. Where the command line as typed is
-the point (its start-up, `--help`, exit codes), tests run the real command (test_cli, test_config,
-test_readme)."""
+the point (its start-up, a closed pipe, a set-up error's exit code), tests run the real command
+(test_cli, test_config, test_readme's `| head`, test_predict's set-up error)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def _main(script: str, args: list[str], cwd: str, env: dict[str, str], out: str,
 class Forked:
     """One such process; its stdout and stderr (text) once it has ended, or both in ``log``."""
 
-    def __init__(self, script: Path, args: list[str], cwd: Path, env: dict[str, str], log: Path | None = None):
+    def __init__(self, script: Path | str, args: list[str], cwd: Path, env: dict[str, str], log: Path | None = None):
         self.folder = Path(tempfile.mkdtemp(prefix="forked-"))
         self.out, self.err = (log, log) if log else (self.folder / "stdout", self.folder / "stderr")
         for path in {self.out, self.err}:
@@ -114,8 +114,7 @@ class Forked:
         return self.stdout, self.stderr
 
 
-def start(script: Path, args: list[str], cwd: Path, env: dict[str, str], log: Path | None = None) -> Forked:
-    return Forked(script, args, cwd, env, log)
+start = Forked
 
 
 def run(

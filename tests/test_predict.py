@@ -19,12 +19,8 @@ from tests import forked
 from tests.helpers import ROOT, subprocess_env
 
 
-def predict(*args: str, env: dict[str, str], cwd: Path, real: bool = False) -> subprocess.CompletedProcess:
-    """``python predict.py ARGS``: forked with its libraries loaded (tests/forked.py), or ``real``: as typed."""
-    if not real:
-        return forked.run(ROOT / "predict.py", list(args), cwd=cwd, env=env, timeout=120)
-    return subprocess.run([sys.executable, str(ROOT / "predict.py"), *args], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+def predict(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return forked.run(ROOT / "predict.py", list(args), cwd=cwd, env=env, timeout=120)
 
 
 @pytest.mark.slow  # predict.py in a subprocess, the champion
@@ -114,7 +110,8 @@ def test_an_unusable_save_input_folder_is_refused_before_any_image_is_read(
 def test_a_setup_error_is_status_2_and_one_line_in_a_real_process(tmp_path: Path) -> None:
     target = save_input_target(tmp_path, "a file")
     env = subprocess_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/none/mlflow.db")
-    done = predict("missing.png", "--save-input", str(target), env=env, cwd=tmp_path, real=True)
+    done = subprocess.run([sys.executable, str(ROOT / "predict.py"), "missing.png", "--save-input", str(target)],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and done.stdout == ""
     assert len(done.stderr.strip().splitlines()) == 1
     assert done.stderr.startswith(f"error: --save-input='{target}' is not accepted: expected a writable folder")
