@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-from mlp.errors import UserError, accepted_keys, first_line, no_space_line, out_of_space, written_by
+from mlp.errors import UserError, accepted_keys, first_line, interrupted, no_space_line, out_of_space, written_by
 from mlp.run.hydra_job import in_sweep
 
 # Hydra reports a bad combination of its flags (e.g. -m with --cfg) as a ValueError naming them.
@@ -157,10 +157,10 @@ def run_cli(main: Callable[[], Any]) -> None:
     try:
         with closed_pipe_quietly():
             main()
-    except KeyboardInterrupt:
-        print(f"error: stopped by {_signal_name[0]}; the MLflow run(s) it had open ended KILLED", file=sys.stderr)
-        sys.exit(128 + _signal_number[0])
-    except Exception as ex:  # sorted into user errors and bugs below
+    except (KeyboardInterrupt, Exception) as ex:  # sorted into interrupts, user errors and bugs below
+        if interrupted(ex):  # Ctrl-C or SIGTERM, or an error a library made of one (torch.export's)
+            print(f"error: stopped by {_signal_name[0]}; the MLflow run(s) it had open ended KILLED", file=sys.stderr)
+            sys.exit(128 + _signal_number[0])
         message = one_line(ex)
         if message is None:
             raise

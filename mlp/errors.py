@@ -69,6 +69,12 @@ def _chain(ex: BaseException) -> list[BaseException]:
     return found
 
 
+def interrupted(ex: BaseException) -> bool:
+    """Whether ``ex`` is Ctrl-C or SIGTERM (KeyboardInterrupt) or was raised while handling one: a
+    library may turn an interrupt into an error of its own (torch.export, into an AssertionError)."""
+    return any(isinstance(e, KeyboardInterrupt) for e in _chain(ex))
+
+
 def out_of_space(ex: BaseException) -> tuple[str | None, str] | None:
     """(the file being written where known, why) when ``ex`` comes from a full disk (or a file
     size limit or quota), be it a file's write or SQLite's; else None."""

@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mlp.cli import run_cli
-from mlp.run import data
+from mlp.run import data, tracking
 from tests.helpers import ROOT, run_train, subprocess_env
 
 
@@ -75,9 +75,29 @@ def test_sigterm_ends_a_single_run_killed_with_one_line(tmp_path: Path) -> None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == ("error: stopped by SIGTERM; the MLflow run(s) it had open ended KILLED")
     (run,) = MlflowClient(f"sqlite:///{mlruns}/mlflow.db").search_runs(["1"])
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("interrupted")
+
+
+def test_an_interrupt_a_library_made_its_own_error_ends_the_run_killed_with_one_line(
+    train_py, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.export, interrupted while it traces the model, may raise an AssertionError instead:
+    the run still ends KILLED and the command with the interrupt's line (not FAILED, a traceback)."""
+
+    def export_interrupted(*args: object) -> None:
+        try:
+            raise KeyboardInterrupt  # SIGTERM or Ctrl-C, in the middle of the export
+        except KeyboardInterrupt:
+            raise AssertionError from None  # what torch.export made of it (its context is still the interrupt)
+
+    monkeypatch.setattr(tracking, "log_model", export_interrupted)
+    code, _, lines = train_py("data=synthetic", "trainer.epochs=1", "trainer.device=cpu")
+    assert code == 128 + signal.SIGINT
+    assert lines[-1] == "error: stopped by SIGINT (Ctrl-C); the MLflow run(s) it had open ended KILLED"
+    (run,) = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db").search_runs(["1"])
     assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("interrupted")
 
 

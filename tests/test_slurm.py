@@ -210,7 +210,8 @@ def test_a_worker_killed_while_its_job_runs(tmp_path: Path, slurm_cluster: dict)
     jobs = holding(tmp_path, ["killed"])
     first.send_signal(signal.SIGKILL)
     first.wait()
-    time.sleep(GRACE)  # the trial is dead (no heartbeat for grace_period): the second worker runs its retry only
+    # The trial is dead (no heartbeat for grace_period) before the second worker asks: it runs the retry only.
+    time.sleep(GRACE + 1)  # + 1: SQLite's clock, which dates the heartbeats, counts whole seconds
     second = start_worker(sweep, slurm_cluster, 1, name="second")
     finished(second, sweep, name="second")
     trials = sweep.study_trials()

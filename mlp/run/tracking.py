@@ -23,7 +23,15 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig, OmegaConf
 
 from mlp import PROJECT_ROOT
-from mlp.errors import ConfigError, UserError, check_writable_folder, first_line, no_space_line, out_of_space
+from mlp.errors import (
+    ConfigError,
+    UserError,
+    check_writable_folder,
+    first_line,
+    interrupted,
+    no_space_line,
+    out_of_space,
+)
 from mlp.sqlite_files import read_only, sqlite_creation_lock, sqlite_file, table_names
 from mlp.sweep import protocol
 
@@ -236,11 +244,13 @@ def start_run(cfg: DictConfig, run_name: str, tags: dict[str, str], run_id: str 
                 mlflow.log_params(params)
                 mlflow.log_text(OmegaConf.to_yaml(resolved), "config.yaml")
                 yield run
-            except KeyboardInterrupt:
-                mlflow.set_tag(protocol.FAILURE, "interrupted (Ctrl-C or SIGTERM)")
-                mlflow.end_run("KILLED")
-                raise
-            except Exception as e:
+            except (KeyboardInterrupt, Exception) as e:
+                if interrupted(e):  # Ctrl-C or SIGTERM, or an error a library made of one (torch.export's)
+                    mlflow.set_tag(protocol.FAILURE, "interrupted (Ctrl-C or SIGTERM)")
+                    mlflow.end_run("KILLED")
+                    if isinstance(e, KeyboardInterrupt):
+                        raise
+                    raise KeyboardInterrupt from e
                 _remove_half_written(e, cfg.tracking)
                 with contextlib.suppress(Exception):  # a full disk may refuse the tag; the run still ends FAILED
                     mlflow.set_tag(protocol.FAILURE, f"{type(e).__name__}: {e}"[:5000])
