@@ -8,7 +8,7 @@ TINY                            # overrides of a tiny, quick run: synthetic data
 compose_cfg(overrides)          # the config composed with Hydra's compose API
 subprocess_env(**extra)         # the environment of a command a user types
 run_train(*args, cwd=, env=)    # ``python train.py ARGS`` in a subprocess
-Sweep(tmp_path, study)          # one temporary sweep set-up: storage, tracking store, sweep dir, winner file
+Sweep(tmp_path, study, store)   # one temporary sweep set-up: storage, tracking store, sweep dir, winner file
 seed_store(mlruns, empty_store)  # a copy of an empty MLflow store (conftest's empty_store) in mlruns/
 run_sweep_py(capsys, *args)     # ``python sweep.py ARGS`` in process: (exit status, stdout, stderr)
 winner_of(path)                 # (study, trial) that a winner file holds, or None
@@ -67,13 +67,17 @@ def run_train(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -
 
 
 class Sweep:
-    """One temporary sweep set-up: storage, tracking store, sweep dir and winner file."""
+    """One temporary sweep set-up: storage, tracking store, sweep dir and winner file; the tracking
+    store a copy of ``store`` when given (conftest's ``empty_store``: where how a store is made is
+    not the point, 1.3 s of a sweep's CPU)."""
 
-    def __init__(self, root: Path, study: str = "test"):
+    def __init__(self, root: Path, study: str = "test", store: Path | None = None):
         self.root, self.study = root, study
         self.storage = f"sqlite:///{root}/optuna.db"
         self.mlruns = root / "mlruns"
         self.best = root / "conf" / "model" / f"best_{study}.yaml"
+        if store is not None:
+            seed_store(self.mlruns, store)
 
     def args(self, n_trials: int, *extra: str) -> list[str]:
         epochs = [] if any(e.startswith("trainer.epochs=") for e in extra) else ["trainer.epochs=1"]

@@ -17,8 +17,8 @@ from tests.helpers import ROOT, Sweep, subprocess_env
 pytestmark = pytest.mark.slow
 
 
-def test_sigterm_ends_the_trials_in_flight_and_stops_their_jobs(tmp_path: Path) -> None:
-    sweep = Sweep(tmp_path, study="stopped")
+def test_sigterm_ends_the_trials_in_flight_and_stops_their_jobs(tmp_path: Path, empty_store: Path) -> None:
+    sweep = Sweep(tmp_path, "stopped", empty_store)
     args = sweep.args(
         4, "trainer.epochs=300", "hydra/sweeper/pruner=none", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2"
     )

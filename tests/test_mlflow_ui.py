@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -26,9 +27,9 @@ VIEWPORT = {"width": 1920, "height": 600}
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> tuple[Sweep, str]:
+def swept(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> tuple[Sweep, str]:
     """A study of 3 one-epoch trials; the sweep's output (stdout and stderr)."""
-    sweep = Sweep(tmp_path_factory.mktemp("ui-sweep"), study="ui")
+    sweep = Sweep(tmp_path_factory.mktemp("ui-sweep"), "ui", empty_store)
     done = sweep.run(3)
     return sweep, done.stdout + done.stderr
 

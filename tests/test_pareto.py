@@ -132,9 +132,9 @@ ENQUEUED = (
 
 @pytest.mark.slow
 def test_a_pareto_sweep_shows_its_front_and_moves_compact_only_by_the_rule(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, train_py
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, train_py, empty_store: Path
 ) -> None:
-    s = Sweep(tmp_path, "pareto")
+    s = Sweep(tmp_path, "pareto", empty_store)
     args = [
         a.replace("hydra/sweeper=optuna", "hydra/sweeper=optuna_pareto") for a in s.args(3) if a != "data=synthetic"
     ]

@@ -186,10 +186,10 @@ def test_a_trial_is_never_pruned_at_its_last_epoch(tiny_cfg, tmp_path: Path) -> 
 
 
 @pytest.mark.slow
-def test_pruned_sweep_in_parallel_then_resumed(tmp_path: Path) -> None:
+def test_pruned_sweep_in_parallel_then_resumed(tmp_path: Path, empty_store: Path) -> None:
     """Trials of 3 epochs are pruned after their first, trials of 1 complete: 2 trials with
     joblib (at once, in 2 processes), then 1 more in the same study in-process."""
-    sweep = Sweep(tmp_path, study="pruned")
+    sweep = Sweep(tmp_path, "pruned", empty_store)
     # seed 0: trial 0 has 3 epochs, trials 1 and 2 have 1 (the sampler is seeded per trial from it)
     args = (*ALWAYS_PRUNE, "trainer.epochs=choice(1,3)", "hydra.sweeper.sampler.seed=0", "hydra/launcher=joblib")
     sweep.run(2, *args)

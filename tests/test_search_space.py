@@ -168,13 +168,13 @@ def test_the_private_name_check_finds_them(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_configuration_the_study_has_is_not_run_again(tmp_path: Path, train_py) -> None:
+def test_a_configuration_the_study_has_is_not_run_again(tmp_path: Path, train_py, empty_store: Path) -> None:
     """A real sweep (train.py in process) over 2 configurations (every other key fixed), asked for 3
     trials: each runs once, proposals of a known configuration are skipped (FAIL), then the worker
     sees the space exhausted and starts no repeat. (The worker's logic case by case, with scripted
     jobs: tests/test_worker.py.)"""
 
-    sweep = Sweep(tmp_path, study="tiny-space")
+    sweep = Sweep(tmp_path, "tiny-space", empty_store)
     space = ["model.num_layers=choice(2,3)", "model.layer_size=16", "model.activation=relu", "model.dropout=0.0",
              "optimizer.lr=0.002", "optimizer.weight_decay=0.01", "trainer.epochs=1", "data.max_rotation=0",
              "data.max_scale=0.0"]  # fmt: skip

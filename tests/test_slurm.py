@@ -166,12 +166,12 @@ def ended_within(trial: optuna.trial.FrozenTrial, since: datetime.datetime, boun
 
 
 @pytest.fixture(scope="module", autouse=True)
-def background(tmp_path_factory: pytest.TempPathFactory, slurm_cluster: dict) -> Iterator[tuple]:
+def background(tmp_path_factory: pytest.TempPathFactory, slurm_cluster: dict, empty_store: Path) -> Iterator[tuple]:
     """A sweep started before this module's first test, its two jobs held: one to reach its time
     limit (timeout_min=1), one (its limit raised to 10 minutes) whose node goes DOWN after that.
     The other tests run while SLURM lets the minute pass; test_a_job_past_its_time_limit_then_a_node_down,
     the module's last, checks it."""
-    sweep = Sweep(tmp_path_factory.mktemp("background"))
+    sweep = Sweep(tmp_path_factory.mktemp("background"), store=empty_store)
     (sweep.root / "hold-limit").touch()
     (sweep.root / "hold-node").write_text("scontrol update jobid=$SLURM_JOB_ID timelimit=10\n")
     limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=5"]
@@ -182,10 +182,12 @@ def background(tmp_path_factory: pytest.TempPathFactory, slurm_cluster: dict) ->
         worker.kill()
 
 
-def test_a_job_cancelled_for_good_and_a_controller_restarted(tmp_path: Path, slurm_cluster: dict) -> None:
+def test_a_job_cancelled_for_good_and_a_controller_restarted(
+    tmp_path: Path, slurm_cluster: dict, empty_store: Path
+) -> None:
     """Two jobs held at once: one cancelled for good (scancel: SIGTERM, ignored, then SIGKILL after
     KillWait), one held while slurmctld restarts, then released: it completes."""
-    sweep = Sweep(tmp_path)
+    sweep = Sweep(tmp_path, store=empty_store)
     worker = start_worker(sweep, slurm_cluster, 2, "hydra.sweeper.n_jobs=2")
     jobs = holding(tmp_path, ["cancel", "restart"])
     cancelled_at = datetime.datetime.now()
@@ -202,10 +204,10 @@ def test_a_job_cancelled_for_good_and_a_controller_restarted(tmp_path: Path, slu
     ended_within(cancel, cancelled_at, down + KILL_WAIT + NOTICED + SLACK)
 
 
-def test_a_worker_killed_while_its_job_runs(tmp_path: Path, slurm_cluster: dict) -> None:
+def test_a_worker_killed_while_its_job_runs(tmp_path: Path, slurm_cluster: dict, empty_store: Path) -> None:
     """The worker SIGKILLed while its job runs: the next worker of the study finds the trial dead
     (no heartbeat for grace_period), cancels its job, ends its run KILLED and runs it again."""
-    sweep = Sweep(tmp_path)
+    sweep = Sweep(tmp_path, store=empty_store)
     first = start_worker(sweep, slurm_cluster, 1, name="first")
     jobs = holding(tmp_path, ["killed"])
     first.send_signal(signal.SIGKILL)
@@ -225,10 +227,10 @@ def test_a_worker_killed_while_its_job_runs(tmp_path: Path, slurm_cluster: dict)
     assert parent.info.status == "FINISHED"
 
 
-def test_a_worker_stopped_by_sigterm_cancels_its_jobs(tmp_path: Path, slurm_cluster: dict) -> None:
+def test_a_worker_stopped_by_sigterm_cancels_its_jobs(tmp_path: Path, slurm_cluster: dict, empty_store: Path) -> None:
     """SIGTERM (or Ctrl-C) while two jobs run: both are cancelled on the worker's way out, its trials
     FAIL "interrupted", their runs and the parent KILLED."""
-    sweep = Sweep(tmp_path)
+    sweep = Sweep(tmp_path, store=empty_store)
     worker = start_worker(sweep, slurm_cluster, 2, "hydra.sweeper.n_jobs=2")
     jobs = holding(tmp_path, ["a", "b"])
     worker.send_signal(signal.SIGTERM)
@@ -239,10 +241,12 @@ def test_a_worker_stopped_by_sigterm_cancels_its_jobs(tmp_path: Path, slurm_clus
     assert [r.info.status for r in sweep.runs("child") + sweep.runs("parent")] == ["KILLED"] * 3
 
 
-def test_a_job_sbatch_refuses_stops_the_sweep_in_one_line(tmp_path: Path, slurm_cluster: dict) -> None:
+def test_a_job_sbatch_refuses_stops_the_sweep_in_one_line(
+    tmp_path: Path, slurm_cluster: dict, empty_store: Path
+) -> None:
     """hydra/launcher=slurm asks for a GPU; this cluster has none: one line naming it, exit 2, and
     neither the trial nor the parent run is left RUNNING."""
-    sweep = Sweep(tmp_path)
+    sweep = Sweep(tmp_path, store=empty_store)
     args = sweep.args(1, "hydra/launcher=slurm", "hydra.launcher.mem_gb=1")
     done = forked.run(ROOT / "train.py", args, cwd=tmp_path, env=env_of(slurm_cluster), timeout=120)
     assert done.returncode == 2

@@ -5,6 +5,8 @@ process in tests/test_worker.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
@@ -15,9 +17,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def swept(tmp_path_factory: pytest.TempPathFactory) -> Sweep:
+def swept(tmp_path_factory: pytest.TempPathFactory, empty_store: Path) -> Sweep:
     """A study of 2 trials."""
-    sweep = Sweep(tmp_path_factory.mktemp("sweep"))
+    sweep = Sweep(tmp_path_factory.mktemp("sweep"), store=empty_store)
     sweep.run(2)
     return sweep
 
