@@ -18,16 +18,18 @@ $(STAMP): pyproject.toml
 train: $(STAMP)
 	$(BIN)/python train.py $(ARGS)
 
-# One torch thread in each test process and its children: the tests' models are tiny, and beside a second
-# worker a second thread only spins for its turn (the whole suite on 2 cores: 370 s -> 328 s).
-PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadgroup
+# One torch thread in each test process and its children: the tests' models are tiny, and beside another
+# worker a second thread only spins for its turn (the whole suite on 2 cores: 370 s -> 328 s). The whole
+# suite runs three workers on 2 cores: while one waits (for SLURM, a dead trial's grace period, a server),
+# two still compute (332 s against 349 s with two, one after the other); the fast tests never wait.
+PYTEST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q --dist loadgroup
 
 test: $(STAMP)
-	$(PYTEST) $(ARGS)
+	$(PYTEST) -n 3 $(ARGS)
 
 # The tests without the slow ones (pyproject.toml's `slow` marker: real MNIST, servers, browser, subprocesses).
 test-fast: $(STAMP)
-	$(PYTEST) -m "not slow" $(ARGS)
+	$(PYTEST) -n 2 -m "not slow" $(ARGS)
 
 # Browse the runs (ARGS="--port 5001" etc.; one server worker, enough for one user). It first prints
 # the links to open: each study's trials, best first (python sweep.py link), and the experiment's runs in

@@ -1,11 +1,10 @@
-"""The real command line: in a subprocess, as a user runs it, where the process is the point
-(a run's output, a signal); its one-line errors in process (train.py run as __main__)."""
+"""The real command line where the process is the point: a run's output in a subprocess, as a user
+runs it; a signal to a process of its own (tests/forked.py); its one-line errors in process
+(train.py run as __main__)."""
 
 import logging
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from mlp.cli import run_cli
 from mlp.run import data, tracking
+from tests import forked
 from tests.helpers import ROOT, run_train, subprocess_env
 
 
@@ -63,8 +63,7 @@ def test_conflicting_hydra_flags_are_one_line(train_py) -> None:
 def test_sigterm_ends_a_single_run_killed_with_one_line(tmp_path: Path) -> None:
     mlruns = tmp_path / "mlruns"
     args = ["data=synthetic", "trainer.epochs=500", f"tracking.dir={mlruns}", f"hydra.run.dir={tmp_path}/out"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=subprocess_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    proc = forked.start(ROOT / "train.py", args, cwd=tmp_path, env=subprocess_env())  # a process of its own
     log = tmp_path / "out" / "train.log"  # Hydra's log of the run: the epochs are under way once it has one
     deadline = time.monotonic() + 120
     while (

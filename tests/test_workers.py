@@ -56,7 +56,7 @@ def kill_mid_trial(victim: forked.Forked, storage: str, timeout: float = 120) ->
                 victim.wait()
                 return t.number
         assert victim.poll() is None, "the worker to kill ended before it ran a trial"
-        time.sleep(0.02)
+        time.sleep(0.1)  # a trial runs for about a second: each look is a query, 5-10 ms of CPU
     raise AssertionError("the worker to kill never ran a trial")
 
 
