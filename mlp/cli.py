@@ -157,14 +157,20 @@ def run_cli(main: Callable[[], Any]) -> None:
     try:
         with closed_pipe_quietly():
             main()
-    except (KeyboardInterrupt, Exception) as ex:  # sorted into interrupts, user errors and bugs below
-        if interrupted(ex):  # Ctrl-C or SIGTERM, or an error a library made of one (torch.export's)
-            print(f"error: stopped by {_signal_name[0]}; the MLflow run(s) it had open ended KILLED", file=sys.stderr)
-            sys.exit(128 + _signal_number[0])
+    except KeyboardInterrupt:
+        _stopped()
+    except Exception as ex:  # sorted into user errors, interrupts and bugs below
         message = one_line(ex)
+        if message is None and interrupted(ex):  # an error a library made of Ctrl-C or SIGTERM (torch.export's)
+            _stopped()
         if message is None:
             raise
         _exit(message)
+
+
+def _stopped() -> NoReturn:
+    print(f"error: stopped by {_signal_name[0]}; the MLflow run(s) it had open ended KILLED", file=sys.stderr)
+    sys.exit(128 + _signal_number[0])
 
 
 _signal_name, _signal_number = ["SIGINT (Ctrl-C)"], [signal.SIGINT.value]
