@@ -2,7 +2,8 @@
 (not a test file). Use:
 
 proc = start(ROOT / "train.py", args, cwd=root, env=env)  # like subprocess.Popen: pid, poll(), wait(timeout),
-                                                            # send_signal(sig), communicate(timeout), returncode
+                                                            # send_signal(sig), communicate(timeout), returncode,
+                                                            # output(): what it has written so far
 done = run(ROOT / "train.py", args, cwd=root, env=env)    # like subprocess.run(capture_output=True, text=True)
 server = start("-m", ["mlp.serve", ...], cwd=ROOT, env=env, log=path)  # `python -m MODULE ARGS`
 
@@ -108,6 +109,10 @@ class Forked:
             self.stdout, self.stderr = self.out.read_text(), self.err.read_text() if self.err != self.out else ""
             shutil.rmtree(self.folder)
         return self.process.exitcode
+
+    def output(self) -> str:
+        """What it has written so far: stdout, then stderr (once where both go to ``log``)."""
+        return "".join(path.read_text() for path in dict.fromkeys((self.out, self.err)))
 
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self.wait(timeout)

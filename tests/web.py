@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,16 +42,14 @@ def running_app(env: dict[str, str], *args: str, log: Path | None = None) -> Ite
     tests/forked.py); yields its URL once /health answers (with or without a model). The server's
     output goes to ``log`` when given."""
     port = free_port()
-    with tempfile.TemporaryDirectory() as folder:
-        log = log or Path(folder) / "app.log"
-        server = forked.start("-m", ["mlp.serve", "--port", str(port), *args], cwd=ROOT, env=env, log=log)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            wait_until_up(url, server, "the web app", log.read_text, answers=(200, 503))
-            yield url
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=30)
+    server = forked.start("-m", ["mlp.serve", "--port", str(port), *args], cwd=ROOT, env=env, log=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url, server, "the web app", server.output, answers=(200, 503))
+        yield url
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
 
 
 def wait_until_up(url: str, server: subprocess.Popen, what: str, output: Callable[[], str],
