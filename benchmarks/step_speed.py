@@ -1,15 +1,17 @@
-"""One training step of the frontier network (`python train.py model=best`: 4x1536 SiLU, dropout,
-affine + elastic augmentation, batch 512), part by part, the old path against the new, in one run:
+"""One training step of the frontier network (`python train.py model=best`: SiLU, dropout, affine +
+elastic augmentation, batch 512), part by part, the old path against the new, in one run:
 
-- the bf16 and fp32 matrix-product peaks at the step's own shape (batch x width x width),
+- the bf16 and fp32 matrix-product peaks at each path's step shape (batch x width x width),
   measured here and now, in every round (a shared machine's speed drifts);
 - milliseconds of each part of a step: augmentation, forward (dropout included), dropout alone,
   backward, optimizer; and of a validation pass; old and new interleaved step by step, medians;
-- a training epoch of the shipped winner's config, old and new interleaved, medians;
-- the step's GFLOP/s against the bf16 peak.
+- an epoch of each path's config as ``model=best`` runs it (training, and its share of a
+  validation pass: one every ``trainer.val_every`` epochs), old and new interleaved, medians;
+- each step's GFLOP/s against the bf16 peak.
 
-The old path is torch's ``nn.Dropout`` (a float drawn per element by ``bernoulli_``); the new one
-is ``mlp.run.model.Dropout`` (16-bit random words against a threshold), what a run uses.
+The new path is the shipped winner, ``model=best``. The old one is the winner it replaced
+(``OLD``, the frontier study's trial 1 of 2026-12-01: 4x1536 wide, torch's ``nn.Dropout``, whose
+masks are a float drawn per element by ``bernoulli_``, validated after every epoch).
 
     python benchmarks/step_speed.py            # 3 rounds of steps, 3 epochs of each path (about 2 minutes on 2 cores)
     python benchmarks/step_speed.py --quick    # 1 round of 3 steps, an "epoch" of 2 batches: a smoke run
@@ -35,18 +37,22 @@ from mlp.run.model import MLP, Dropout
 
 PATHS = ("old", "new")
 STEP = "step (the four above, summed per step)"
+# The old path: model=best until 2026-12-07 (e06056e), the frontier study's trial 1 (docs/frontier.md).
+OLD = [
+    "model.num_layers=4", "model.layer_size=1536", "model.activation=silu", "model.dropout=0.21211680198501115",
+    "model.dropout_masks=torch", "optimizer.lr=0.002410023542676287", "optimizer.weight_decay=0.12251661510111676",
+    "trainer.epochs=200", "trainer.batch_size=512", "trainer.val_every=1", "data.max_rotation=10",
+    "data.max_scale=0.07102410998625319", "data.elastic_alpha=33.74438909365753",
+    "data.elastic_sigma=4.131974514443067",
+]  # fmt: skip
 
 
-def build(cfg, device: torch.device, path: str) -> tuple[MLP, torch.optim.Optimizer]:
-    """The model=best network and its optimizer; on the old path with torch's nn.Dropout."""
+def build(cfg, device: torch.device) -> tuple[MLP, torch.optim.Optimizer]:
+    """A config's network, its dropout masks drawn as the config says, and its optimizer."""
     torch.manual_seed(cfg.trainer.seed)
     m = cfg.model
-    model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout, generator=torch.Generator(device).manual_seed(0))
-    if path == "old":
-        for i, layer in enumerate(model):
-            if isinstance(layer, Dropout):
-                model[i] = nn.Dropout(layer.p)
-    model.to(device)
+    g = torch.Generator(device).manual_seed(0)
+    model = MLP(m.num_layers, m.layer_size, m.activation, m.dropout, masks=m.dropout_masks, generator=g).to(device)
     return model, training.make_optimizer(cfg.optimizer, model)
 
 
@@ -112,11 +118,13 @@ def levers(model: MLP, val_x: torch.Tensor, val_y: torch.Tensor) -> dict[str, fl
     return ms
 
 
-def epoch_seconds(cfg, path: str, splits: data.Splits, precision: str, images: int) -> Callable[[], float]:
-    """A function that trains one more epoch of the model=best config on ``path``; its seconds."""
+def epoch_seconds(cfg, splits: data.Splits, precision: str, images: int) -> Callable[[], float]:
+    """A function that trains one more epoch of ``cfg`` and validates; its seconds, the validation
+    counted at its share as model=best runs it (a pass every ``trainer.val_every`` epochs)."""
     device, b = splits.train_x.device, cfg.trainer.batch_size
     x, y = splits.train_x[:images], splits.train_y[:images]
-    model, optimizer = build(cfg, device, path)
+    val_x, val_y = splits.val_x[:images], splits.val_y[:images]
+    model, optimizer = build(cfg, device)
     schedule = training.make_schedule(cfg.schedule, optimizer, -(-len(x) // b) * cfg.trainer.epochs)
     augment, g = data.make_augment(cfg.data, device), torch.Generator().manual_seed(cfg.trainer.seed)
 
@@ -125,7 +133,9 @@ def epoch_seconds(cfg, path: str, splits: data.Splits, precision: str, images: i
         training.train_epoch(
             model, x, y, optimizer, schedule, batch_size=b, generator=g, augment=augment, precision=precision
         )
-        return clock()
+        seconds = clock()
+        training.evaluate(model, val_x, val_y)
+        return seconds + clock() / cfg.trainer.val_every
 
     return one
 
@@ -133,27 +143,34 @@ def epoch_seconds(cfg, path: str, splits: data.Splits, precision: str, images: i
 Series = dict[str, list[float]]  # what was measured -> its repeats
 
 
-def measure_steps(cfg, splits: data.Splits, precision: str, rounds: int, steps: int, images: int, quick: bool):
-    """(matmul peaks by dtype, each path's parts of a step, the levers not taken): ``rounds`` of
-    the peaks, then ``steps`` steps of each path interleaved, then a validation pass of each."""
-    device, b, width = splits.train_x.device, cfg.trainer.batch_size, cfg.model.layer_size
-    augment = data.make_augment(cfg.data, device)
-    models = {path: build(cfg, device, path) for path in PATHS}
+def measure_steps(cfgs, splits: data.Splits, precision: str, rounds: int, steps: int, images: int, quick: bool):
+    """(each path's matmul peaks by dtype, each path's parts of a step, the levers not taken):
+    ``rounds`` of the peaks, then ``steps`` steps of each path interleaved, then a validation pass of each."""
+    device = splits.train_x.device
+    augments = {path: data.make_augment(cfgs[path].data, device) for path in PATHS}
+    models = {path: build(cfgs[path], device) for path in PATHS}
     g = torch.Generator().manual_seed(0)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    peaks: Series = {"bf16": [], "fp32": []}
+    peaks: dict[str, Series] = {path: {"bf16": [], "fp32": []} for path in PATHS}
     parts: dict[str, Series] = {path: {} for path in PATHS}
     others: Series = {}
     val_x, val_y = splits.val_x[:images], splits.val_y[:images]
+
+    def step(path: str) -> dict[str, float]:
+        b = cfgs[path].trainer.batch_size
+        return step_parts(*models[path], augments[path], splits.train_x, splits.train_y, b, g, precision)
+
     for path in PATHS:  # untimed: first calls allocate
-        step_parts(*models[path], augment, splits.train_x, splits.train_y, b, g, precision)
+        step(path)
     for _ in range(rounds):
-        if device.type == "cpu":
+        for path in PATHS if device.type == "cpu" else ():
+            b, width = cfgs[path].trainer.batch_size, cfgs[path].model.layer_size
             for name, t in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
-                peaks[name].append(matmul_gflops(b, width, width, 0.1 if quick else 0.5, t))
+                peaks[path][name].append(matmul_gflops(b, width, width, 0.1 if quick else 0.5, t))
         for _ in range(steps):
             for path in PATHS:
-                ms = step_parts(*models[path], augment, splits.train_x, splits.train_y, b, g, precision)
+                b = cfgs[path].trainer.batch_size
+                ms = step(path)
                 ms["dropout alone (its layers, forward + backward)"] = dropout_ms(models[path][0], b, dtype, device)
                 for key, value in ms.items():
                     parts[path].setdefault(key, []).append(value)
@@ -170,7 +187,9 @@ def print_table(parts: dict[str, Series], times: Series, others: Series, images:
     """Each part, old and new: best (the least contended of the repeats: a shared machine's load
     comes in bursts) and median, and their ratios; then the levers not taken."""
     table = {k: [parts[path][k] for path in PATHS] for k in parts["new"]}
-    table[f"epoch of {images:,} images (s; {len(times['new'])} of each)"] = [times[path] for path in PATHS]
+    table[f"epoch of {images:,} images, with its validation share (s; {len(times['new'])} of each)"] = [
+        times[path] for path in PATHS
+    ]
     width = max(map(len, table)) + 2
     columns = f"{'best: old':>10}{'new':>9}{'old/new':>9}  {'median: old':>12}{'new':>9}{'old/new':>9}"
     print(f"\n{'part (ms a step)':<{width}}{columns}")
@@ -183,18 +202,18 @@ def print_table(parts: dict[str, Series], times: Series, others: Series, images:
         print(f"  {key:<{width + 8}}{min(ms):9.2f}{statistics.median(ms):9.2f}")
 
 
-def print_rates(peaks: Series, steps_ms: Series, epochs_s: list[float], step_gflop: float, epoch_gflop: float) -> None:
-    """The bf16 and fp32 peaks, and the GFLOP/s of each path's step and of the new epoch against
-    the bf16 peak: from the best repeats, then from the medians."""
+def print_rates(cfgs, peaks: dict[str, Series], steps_ms: Series, step_gflop: dict[str, float]) -> None:
+    """Each path's bf16 and fp32 peaks at its step's shape, and its step's GFLOP/s against its bf16
+    peak: from the best repeats, then from the medians."""
     for stat, f in (("best", max), ("median", statistics.median)):
-        bf16, fp32 = f(peaks["bf16"]), f(peaks["fp32"])
-        print(f"{stat}: matmul peak GFLOP/s of {len(peaks['bf16'])}: bf16 {bf16:.1f}, fp32 {fp32:.1f}")
         pick = min if stat == "best" else statistics.median
         for path in PATHS:
-            rate = step_gflop / pick(steps_ms[path]) * 1e3
+            b, w = cfgs[path].trainer.batch_size, cfgs[path].model.layer_size
+            bf16, fp32 = f(peaks[path]["bf16"]), f(peaks[path]["fp32"])
+            n = len(peaks[path]["bf16"])
+            print(f"{stat}: matmul peak GFLOP/s at {b}x{w}x{w} of {n}: bf16 {bf16:.1f}, fp32 {fp32:.1f}")
+            rate = step_gflop[path] / pick(steps_ms[path]) * 1e3
             print(f"  {path} step: {rate:.0f} GFLOP/s = {rate / bf16:.0%} of the bf16 peak")
-        rate = epoch_gflop / pick(epochs_s)
-        print(f"  new epoch: {rate:.0f} GFLOP/s = {rate / bf16:.0%} of the bf16 peak")
 
 
 def main() -> None:
@@ -203,30 +222,41 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps of each path per round, interleaved")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs of each path, interleaved")
     parser.add_argument("--quick", action="store_true", help="1 round of 3 steps, an 'epoch' of 2 batches")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides on top of model=best")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides on top of model=best (and of the old path's)")
     args = parser.parse_args()
     rounds, steps, epochs = (1, 3, 1) if args.quick else (args.rounds, args.steps, args.epochs)
 
     with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf")):
-        cfg = compose(config_name="config", overrides=["model=best", *args.overrides])
-    device, precision = set_up(cfg)
-    m, b = cfg.model, cfg.trainer.batch_size
-    print(f"model=best: {m.num_layers}x{m.layer_size} {m.activation}, dropout {m.dropout:.3f}, batch {b}, {precision}")
-    splits = data.load_config(cfg.data, str(device))
-    images = 2 * b if args.quick else len(splits.train_x)
-    peaks, parts, others = measure_steps(cfg, splits, precision, rounds, steps, images, args.quick)
-    trainers = {path: epoch_seconds(cfg, path, splits, precision, images) for path in PATHS}
+        cfgs = {path: compose(config_name="config", overrides=["model=best", *pre, *args.overrides])
+                for path, pre in (("old", OLD), ("new", []))}  # fmt: skip
+    device, precision = set_up(cfgs["new"])
+    for path, cfg in cfgs.items():
+        m, t = cfg.model, cfg.trainer
+        print(f"{path}: {m.num_layers}x{m.layer_size} {m.activation}, dropout {m.dropout:.3f} "
+              f"({m.dropout_masks} masks), batch {t.batch_size}, {t.epochs} epochs, "
+              f"validated every {t.val_every}, {precision}")  # fmt: skip
+    splits = data.load_config(cfgs["new"].data, str(device))
+    images = 2 * cfgs["new"].trainer.batch_size if args.quick else len(splits.train_x)
+    peaks, parts, others = measure_steps(cfgs, splits, precision, rounds, steps, images, args.quick)
+    trainers = {path: epoch_seconds(cfgs[path], splits, precision, images) for path in PATHS}
     times: Series = {path: [] for path in PATHS}
     for _ in range(epochs):
         for path in PATHS:
             times[path].append(trainers[path]())
 
     print_table(parts, times, others, images)
-    flops = training_flops(build(cfg, torch.device("cpu"), "new")[0]) / 1e9  # per image
-    print(f"\none step: {b * flops:.1f} GFLOP (forward, weight and input gradients of the Linear layers)")
-    if peaks["bf16"]:  # measured on CPUs only
-        print(f"matmul products of {b}x{m.layer_size}x{m.layer_size}")
-        print_rates(peaks, {path: parts[path][STEP] for path in PATHS}, times["new"], b * flops, images * flops)
+    best, median = (
+        min(times["new"]) / min(times["old"]),
+        statistics.median(times["new"]) / statistics.median(times["old"]),
+    )
+    print(f"\nan epoch of model=best (new) takes {best:.2f} of the old path's (best), {median:.2f} (median)")
+    step_gflop = {}
+    for path in PATHS:
+        b = cfgs[path].trainer.batch_size
+        step_gflop[path] = b * training_flops(build(cfgs[path], torch.device("cpu"))[0]) / 1e9
+        print(f"{path} step: {step_gflop[path]:.1f} GFLOP (forward, weight and input gradients of the Linear layers)")
+    if peaks["new"]["bf16"]:  # measured on CPUs only
+        print_rates(cfgs, peaks, {path: parts[path][STEP] for path in PATHS}, step_gflop)
 
 
 if __name__ == "__main__":

@@ -75,8 +75,13 @@ def test_step_speed_quick_prints_each_part_old_and_new_and_the_share_of_the_peak
             assert (old - 0.005) / (new + 0.005) - 0.005 <= ratio <= (old + 0.005) / (new - 0.005) + 0.005
     for column in (0, 1, 3, 4):  # a step takes each of its parts (best or median: not their sum, on a busy machine)
         assert all(rows[step][column] >= rows[p][column] for p in parts)
-    assert "matmul products of 512x128x128" in out
-    peaks = re.findall(r"^(best|median): matmul peak GFLOP/s of 1: bf16 (\S+), fp32 (\S+)$", out, re.M)
-    assert [p[0] for p in peaks] == ["best", "median"] and all(float(x) > 0 for p in peaks for x in p[1:])
-    shares = re.findall(r"^  (old|new) (?:step|epoch): \d+ GFLOP/s = (\d+)% of the bf16 peak$", out, flags=re.M)
-    assert [path for path, _ in shares] == ["old", "new", "new"] * 2 and all(int(s) > 0 for _, s in shares)
+    epoch = next(row for key, row in rows.items() if key.startswith("epoch of 1,024 images"))
+    ratios = re.search(
+        r"^an epoch of model=best \(new\) takes (\S+) of the old path's \(best\), (\S+) \(median\)$", out, re.M
+    )
+    for ratio, old, new in ((ratios[1], *epoch[:2]), (ratios[2], *epoch[3:5])):  # the table's epochs, rounded
+        assert (new - 0.005) / (old + 0.005) - 0.005 <= float(ratio) <= (new + 0.005) / (old - 0.005) + 0.005
+    peaks = re.findall(r"^(best|median): matmul peak GFLOP/s at 512x128x128 of 1: bf16 (\S+), fp32 (\S+)$", out, re.M)
+    assert [p[0] for p in peaks] == ["best"] * 2 + ["median"] * 2 and all(float(x) > 0 for p in peaks for x in p[1:])
+    shares = re.findall(r"^  (old|new) step: \d+ GFLOP/s = (\d+)% of the bf16 peak$", out, flags=re.M)
+    assert [path for path, _ in shares] == ["old", "new"] * 2 and all(int(s) > 0 for _, s in shares)

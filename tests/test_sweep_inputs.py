@@ -187,7 +187,8 @@ def study_with_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, empty_store
         storage = f"sqlite:///{tmp_path}/optuna.db"
         study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
         study.set_user_attr("mlflow_parent_run_id", parent)
-        config = OmegaConf.to_yaml(OmegaConf.to_container(compose_cfg(TINY), resolve=True, enum_to_str=True))
+        trial_cfg = compose_cfg([*TINY, "trainer.val_every=5"])  # as the default sweep's trials validate
+        config = OmegaConf.to_yaml(OmegaConf.to_container(trial_cfg, resolve=True, enum_to_str=True))
         for value in (0.5, 0.7):
             run = client.create_run(experiment, tags={"mlflow.parentRunId": parent, "sweep.study": name})
             client.log_text(run.info.run_id, config, "config.yaml")
@@ -258,6 +259,7 @@ def test_export_never_replaces_a_better_winner_without_replace(
     assert sha256(kept) == before  # the old version, byte for byte
     written = yaml.safe_load(best.read_text())
     assert {"override /data": "synthetic"} in written["defaults"] and written["data"]["name"] == "synthetic"
+    assert written["trainer"]["val_every"] == 5  # model=best validates when its trial did
 
     code, out, _ = run_sweep_py(capsys, "export", "smoke", "--out", str(best), "--storage", storage)
     assert code == 0 and out == f"{best} already holds trial 1 of study smoke\n"

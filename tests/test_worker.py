@@ -299,6 +299,16 @@ def test_a_launcher_that_breaks_fails_its_trial_and_stops_the_worker(sweep: Swee
 QUICK = ("hydra.sweeper.heartbeat_interval=0.1", "hydra.sweeper.grace_period=0.2", NO_WINNER_FILE)
 
 
+def test_reference_trials_past_n_trials_wait_for_the_studys_next_worker(sweep: Sweep) -> None:
+    enqueue = "hydra.sweeper.enqueue_trials=[{model.layer_size: 256}]"  # the base config's, then this one
+    first = run_in_process(sweep, lambda job: 0.5, 1, NO_WINNER_FILE, enqueue)
+    assert [job.trial for job in first.jobs] == [0]  # n_trials=1: one trial, not both references
+    assert [(t.number, t.state.name) for t in sweep.study_trials()] == [(0, "COMPLETE"), (1, "WAITING")]
+    second = run_in_process(sweep, lambda job: 0.6, 1, NO_WINNER_FILE)
+    assert [job.trial for job in second.jobs] == [1]
+    assert sweep.study_trials()[1].params["model.layer_size"] == 256
+
+
 def another_worker(sweep: Sweep, *extra: str) -> Worker:
     """Another worker of the study (it creates it: its first trial is the base config's)."""
     config, arguments = sweep_config(sweep, 1, *extra)

@@ -49,8 +49,7 @@ def best_values(cfg: DictConfig, choices: dict[str, str] | None = None) -> dict[
     chosen = {g: (choices or {}).get(f"hydra.choice.{g}") for g in ("optimizer", "schedule", "data")}
     values: dict[str, Any] = {"defaults": [{f"override /{g}": c} for g, c in chosen.items() if c]}
     values.update({g: {k: v for k, v in resolved[g].items() if k != "_target_"} for g in ("optimizer", "schedule")})
-    trainer = {k: v for k, v in resolved["trainer"].items() if k != "val_every"}  # the sweep's speed-up, not the recipe
-    values.update(model=resolved["model"], trainer=trainer)
+    values.update(model=resolved["model"], trainer=resolved["trainer"])
     values["data"] = {k: v for k, v in resolved["data"].items() if k != "root"}
     if not values["defaults"]:
         del values["defaults"]

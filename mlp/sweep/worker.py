@@ -124,15 +124,17 @@ class Worker:
 
     def settle(self) -> None:
         """Leave nothing behind: run retries still waiting, and give trials of other workers
-        that may have died one grace period to be failed (and retried here)."""
+        that may have died one grace period to be failed (and retried here). Reference trials
+        still waiting (a new study's enqueued configurations) are not run past ``n_trials``:
+        the study's next worker runs them first."""
         if self.joined.rdb is None:
             return
         patience = self.plan.grace + 2 * self.plan.heartbeat_interval
         deadline, told_why = time.monotonic() + patience, False
         while True:
             fail_dead(self.joined, self.plan.grace)
-            if self.count(WAITING):
-                self.keep_in_flight(lambda: self.count(WAITING) > 0)
+            if self.retries_waiting():
+                self.keep_in_flight(self.retries_waiting)
                 deadline = time.monotonic() + patience
                 continue
             others = self.count(RUNNING, others=True)
@@ -143,6 +145,10 @@ class Worker:
             if not others or time.monotonic() > deadline:
                 return
             time.sleep(min(self.plan.heartbeat_interval, 2.0))
+
+    def retries_waiting(self) -> bool:
+        waiting = self.study.get_trials(deepcopy=False, states=(WAITING,))
+        return any(RetryCallback.retried_trial_number(t) is not None for t in waiting)
 
     def count(self, *states: optuna.trial.TrialState, others: bool = False) -> int:
         trials = self.study.get_trials(deepcopy=False, states=states)
