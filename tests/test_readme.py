@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from mlp.cli import one_line
 from mlp.run.config import validate
+from mlp.run.winner_files import winner_record
 from tests import forked
 from tests.helpers import CONF, ROOT, subprocess_env
 
@@ -167,8 +168,9 @@ def test_readme_study_tools_and_smoke_sweep_run_as_written(clone: Path) -> None:
         done = said[line] = typed(clone, line)
         if line == "python sweep.py export":  # mnist-mlp's best here is a synthetic trial: the shipped winner stays
             assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
-            kept = f"error: {clone}/conf/model/best.yaml is kept: it holds trial 1 of study mnist-frontier, which "
-            kept += "scored 0.9945"
+            shipped_winner = winner_record(ROOT / "conf/model/best.yaml")
+            kept = f"error: {clone}/conf/model/best.yaml is kept: it holds trial {shipped_winner.trial} of study "
+            kept += f"{shipped_winner.study}, which scored {shipped_winner.value:.4f}"
             assert done.stderr.startswith(kept)
             assert (clone / "conf/model/best.yaml").read_text() == shipped
             continue
