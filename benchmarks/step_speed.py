@@ -13,7 +13,7 @@ The new path is the shipped winner, ``model=best``. The old one is the winner it
 (``OLD``, the frontier study's trial 1 of 2026-12-01: 4x1536 wide, torch's ``nn.Dropout``, whose
 masks are a float drawn per element by ``bernoulli_``, validated after every epoch).
 
-    python benchmarks/step_speed.py            # 3 rounds of steps, 3 epochs of each path (about 2 minutes on 2 cores)
+    python benchmarks/step_speed.py            # 3 rounds of steps, 3 epochs of each path (about a minute on 2 cores)
     python benchmarks/step_speed.py --quick    # 1 round of 3 steps, an "epoch" of 2 batches: a smoke run
     python benchmarks/step_speed.py trainer.precision=fp32   # Hydra overrides on top of model=best
 """
