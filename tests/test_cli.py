@@ -77,7 +77,9 @@ def test_sigterm_ends_a_single_run_killed_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 128 + signal.SIGTERM, stderr[-3000:]
     assert stderr.strip().splitlines()[-1] == ("error: stopped by SIGTERM; the MLflow run(s) it had open ended KILLED")
     (run,) = MlflowClient(f"sqlite:///{mlruns}/mlflow.db").search_runs(["1"])
-    assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("interrupted")
+    # Seen once under load (3 test workers on 2 cores): RUNNING, with the line and status right.
+    why = f"{run.info.status} {run.data.tags.get('failure_reason')!r}\n{stderr[-2000:]}\n{log.read_text()[-3000:]}"
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"].startswith("interrupted"), why
 
 
 def test_an_interrupt_a_library_made_its_own_error_ends_the_run_killed_with_one_line(
