@@ -157,8 +157,11 @@ def measure_steps(cfgs, splits: data.Splits, precision: str, rounds: int, steps:
     val_x, val_y = splits.val_x[:images], splits.val_y[:images]
 
     def step(path: str) -> dict[str, float]:
+        """One step's parts, and the dropout layers alone on a batch of its activations."""
         b = cfgs[path].trainer.batch_size
-        return step_parts(*models[path], augments[path], splits.train_x, splits.train_y, b, g, precision)
+        ms = step_parts(*models[path], augments[path], splits.train_x, splits.train_y, b, g, precision)
+        ms["dropout alone (its layers, forward + backward)"] = dropout_ms(models[path][0], b, dtype, device)
+        return ms
 
     for path in PATHS:  # untimed: first calls allocate
         step(path)
@@ -169,10 +172,7 @@ def measure_steps(cfgs, splits: data.Splits, precision: str, rounds: int, steps:
                 peaks[path][name].append(matmul_gflops(b, width, width, 0.1 if quick else 0.5, t))
         for _ in range(steps):
             for path in PATHS:
-                b = cfgs[path].trainer.batch_size
-                ms = step(path)
-                ms["dropout alone (its layers, forward + backward)"] = dropout_ms(models[path][0], b, dtype, device)
-                for key, value in ms.items():
+                for key, value in step(path).items():
                     parts[path].setdefault(key, []).append(value)
         for path in PATHS:
             clock = Clock(device)

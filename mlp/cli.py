@@ -160,12 +160,11 @@ def run_cli(main: Callable[[], Any]) -> None:
     except KeyboardInterrupt:
         _stopped()
     except Exception as ex:  # sorted into user errors, interrupts and bugs below
-        message = one_line(ex)
-        if message is None and interrupted(ex):  # an error a library made of Ctrl-C or SIGTERM (torch.export's)
+        if (message := one_line(ex)) is not None:
+            _exit(message)
+        if interrupted(ex):  # an error a library made of Ctrl-C or SIGTERM (torch.export's)
             _stopped()
-        if message is None:
-            raise
-        _exit(message)
+        raise
 
 
 def _stopped() -> NoReturn:
